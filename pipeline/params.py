@@ -1,0 +1,307 @@
+"""The one typed loader for params.yaml.
+
+Every section of params.yaml is a frozen dataclass below; every field says what it does and why its default is
+what it is. Loading collects *every* problem (unknown or missing keys, wrong types, out-of-range values, and,
+when asked, conflicts with the model's config) and raises one `ParamsError` listing them all, so a user fixes
+params.yaml once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import UserError
+
+SPLITS = ("train", "validation", "test")
+
+
+class ParamsError(UserError):
+    """params.yaml is unreadable or invalid; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    experiment: str = "gpt2-wikitext2-freeze"
+    """MLflow experiment that every stage logs to; one experiment per project keeps runs comparable."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: Literal["hub", "local"] = "hub"
+    """`hub`: `datasets.load_dataset(hub_dataset, hub_config)`; `local`: plain UTF-8 text files (air-gapped use)."""
+    hub_dataset: str = "wikitext"
+    """Dataset id on the Hugging Face Hub (or a local dataset folder) for `source: hub`."""
+    hub_config: str | None = "wikitext-2-raw-v1"
+    """Raw (not tokenized-and-<unk>ed) Wikitext-2, so the GPT-2 tokenizer sees the original text."""
+    train_file: str | None = None
+    """`source: local`, one file per split: path of the training text (relative to the repo root)."""
+    validation_file: str | None = None
+    """`source: local`, one file per split: path of the validation text."""
+    test_file: str | None = None
+    """`source: local`, one file per split: path of the test text."""
+    single_file: str | None = None
+    """`source: local`, one file for all splits: its documents are shuffled with `split_seed` and cut by fractions."""
+    split_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.05, 0.05])
+    """train/validation/test shares of `single_file`'s documents; Wikitext-2's own split is about 90/5/5."""
+    split_seed: int = 0
+    """Fixed seed for cutting `single_file`, so the test set is the same on every run."""
+    max_train_lines: int | None = None
+    """Keep only the first N lines of train (a prefix keeps articles whole and needs no seed); null keeps all."""
+    max_validation_lines: int | None = None
+    """Same for validation; null keeps all, which is what published perplexities use."""
+    max_test_lines: int | None = None
+    """Same for test."""
+
+    def max_lines(self, split: str) -> int | None:
+        return getattr(self, f"max_{split}_lines")
+
+    def split_file(self, split: str) -> str | None:
+        return getattr(self, f"{split}_file")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    name_or_path: str = "gpt2"
+    """Hub id or a local folder written by `save_pretrained`; GPT-2 small (124M) is the model this project tunes."""
+
+
+@dataclass(frozen=True)
+class TokenizeParams:
+    block_size: int = 128
+    """Tokens per training block. 128 keeps a CPU step short; must not exceed the model's `n_positions` (1024)."""
+
+
+@dataclass(frozen=True)
+class FreezeParams:
+    trainable_blocks: int = 1
+    """How many of the last transformer blocks train; the original script trained only the last one."""
+    train_ln_f: bool = False
+    """Whether the final LayerNorm trains; off, as in the original script (45,685,248 trainable on GPT-2 small)."""
+    head: Literal["tied", "untied", "frozen"] = "tied"
+    """GPT-2 ties `lm_head` to the input embedding `wte`. `tied` (the original script) trains both, so gradients
+    flow back through every frozen block; `untied` trains a copy of `wte` as the head and keeps the input
+    embedding frozen; `frozen` trains neither."""
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = 42
+    """Seeds Python, NumPy, torch and the Trainer's data order."""
+    epochs: float = 1.0
+    """Passes over the training blocks; one is enough to see the gain of tuning the last block."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides `epochs`); null trains for `epochs`."""
+    batch_size: int = 8
+    """Blocks per micro-batch; 8 x 128 tokens keeps a 2-core CPU busy without waiting on memory."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; raise it to get a larger effective batch in the same memory."""
+    learning_rate: float = 5.0e-5
+    """AdamW peak learning rate, the Trainer's default and a safe one for fine-tuning GPT-2."""
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule after warm-up (the Trainer's names)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps; the pretrained weights need none for this small learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay; zero, as in the Trainer's defaults."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (the Trainer's default)."""
+    bf16: bool = True
+    """bf16 autocast with fp32 master weights where the hardware supports it (about 2x on an AVX512-BF16 CPU);
+    ignored, with a warning, where it does not."""
+    logging_steps: int = 10
+    """Optimizer steps between points of the training curve."""
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = 8
+    """Blocks per forward pass; memory stays flat in the eval set size whatever this is."""
+    bf16: bool = False
+    """Evaluate in fp32 by default so base and fine-tuned numbers are exact and comparable across machines."""
+
+
+@dataclass(frozen=True)
+class Params:
+    mlflow: TrackingParams
+    data: DataParams
+    model: ModelParams
+    tokenize: TokenizeParams
+    freeze: FreezeParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+    def flat(self) -> dict[str, Any]:
+        """`{"train.learning_rate": 5e-05, ...}`: the form MLflow params and `dvc exp show` columns take."""
+        return {
+            f"{section}.{key}": value
+            for section, values in dataclasses.asdict(self).items()
+            for key, value in values.items()
+        }
+
+    def digest(self) -> str:
+        """A short, stable hash of every param value: names one configuration in MLflow tags."""
+        canonical = json.dumps(self.flat(), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_params(path: str | Path, load_model_config: Callable[[str], Any] | None = None) -> Params:
+    """Read and validate params.yaml; with `load_model_config`, also check the params against the model's config.
+
+    Raises ParamsError naming every problem at once.
+    """
+    raw = _read_yaml(Path(path))
+    issues: list[str] = []
+    sections: dict[str, Any] = {}
+    section_types = typing.get_type_hints(Params)
+    for name in raw.keys() - section_types.keys():
+        issues.append(f"{name}: unknown section (known: {', '.join(section_types)})")
+    for name, section_type in section_types.items():
+        if name not in raw:
+            issues.append(f"{name}: missing section")
+        elif not isinstance(raw[name], dict):
+            issues.append(f"{name}: must be a mapping of keys, got {type(raw[name]).__name__}")
+        else:
+            section_issues = _section_issues(name, raw[name], section_type)
+            issues.extend(section_issues)
+            if not section_issues:
+                sections[name] = section_type(**raw[name])
+    if not issues:
+        params = Params(**sections)
+        issues.extend(_range_issues(params))
+        if load_model_config is not None:
+            issues.extend(_model_config_issues(params, load_model_config))
+    if issues:
+        raise ParamsError(f"{path} has {len(issues)} problem(s):\n" + "\n".join(f"  - {i}" for i in issues))
+    return params
+
+
+def _model_config_issues(params: Params, load_model_config: Callable[[str], Any]) -> list[str]:
+    try:
+        config = load_model_config(params.model.name_or_path)
+    except UserError as error:
+        return [str(error)]
+    return model_issues(params, config)
+
+
+def model_issues(params: Params, config: Any) -> list[str]:
+    """Problems that only the model's config can reveal (its context length and depth)."""
+    issues = []
+    if params.tokenize.block_size > config.n_positions:
+        issues.append(
+            f"tokenize.block_size: {params.tokenize.block_size} exceeds the model's n_positions "
+            f"({config.n_positions}); positions past it have no embedding"
+        )
+    if params.freeze.trainable_blocks > config.n_layer:
+        issues.append(
+            f"freeze.trainable_blocks: {params.freeze.trainable_blocks} exceeds the model's n_layer ({config.n_layer})"
+        )
+    return issues
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the repo root, where params.yaml lives") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must be a mapping of sections (mlflow, data, model, ...), got {type(raw).__name__}")
+    return raw
+
+
+def _section_issues(section: str, values: dict[str, Any], section_type: type) -> list[str]:
+    fields = typing.get_type_hints(section_type)
+    issues = [f"{section}.{key}: unknown key (known: {', '.join(fields)})" for key in values.keys() - fields.keys()]
+    for key, annotation in fields.items():
+        if key not in values:
+            issues.append(f"{section}.{key}: missing (default would be {_default(section_type, key)!r})")
+        elif not _matches(values[key], annotation):
+            issues.append(f"{section}.{key}: expected {_describe(annotation)}, got {values[key]!r}")
+    return issues
+
+
+def _default(section_type: type, key: str) -> Any:
+    field = next(f for f in dataclasses.fields(section_type) if f.name == key)
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:  # YAML writes 1 for 1.0; `bool` is an int subclass but never a number here
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}"
+    return "null" if annotation is type(None) else annotation.__name__
+
+
+def _range_issues(params: Params) -> list[str]:
+    issues = []
+    positive = {
+        "tokenize.block_size": params.tokenize.block_size,
+        "train.batch_size": params.train.batch_size,
+        "train.grad_accum_steps": params.train.grad_accum_steps,
+        "train.learning_rate": params.train.learning_rate,
+        "train.epochs": params.train.epochs,
+        "train.logging_steps": params.train.logging_steps,
+        "train.max_grad_norm": params.train.max_grad_norm,
+        "evaluate.batch_size": params.evaluate.batch_size,
+    }
+    optional_positive = {"train.max_steps": params.train.max_steps}
+    optional_positive |= {f"data.max_{split}_lines": params.data.max_lines(split) for split in SPLITS}
+    issues += [f"{key}: must be > 0, got {value}" for key, value in positive.items() if value <= 0]
+    issues += [
+        f"{key}: must be > 0 or null, got {v}" for key, v in optional_positive.items() if v is not None and v <= 0
+    ]
+    non_negative = {
+        "freeze.trainable_blocks": params.freeze.trainable_blocks,
+        "train.warmup_steps": params.train.warmup_steps,
+        "train.weight_decay": params.train.weight_decay,
+    }
+    issues += [f"{key}: must be >= 0, got {value}" for key, value in non_negative.items() if value < 0]
+    return issues + _data_source_issues(params.data)
+
+
+def _data_source_issues(data: DataParams) -> list[str]:
+    if data.source == "hub":
+        return []
+    per_split = {split: data.split_file(split) for split in SPLITS}
+    if data.single_file is None and None in per_split.values():
+        missing = [f"data.{split}_file" for split, path in per_split.items() if path is None]
+        return [f"data.source is local: set data.single_file, or every split's file ({', '.join(missing)} unset)"]
+    if data.single_file is not None and any(per_split.values()):
+        return ["data.single_file and data.<split>_file are both set: choose one way to give local text"]
+    if data.single_file is not None:
+        fractions = data.split_fractions
+        if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+            return [f"data.split_fractions: three positive train/validation/test shares summing to 1, got {fractions}"]
+    return []

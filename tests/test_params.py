@@ -1,0 +1,137 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import GPT2Config
+
+from pipeline.errors import UserError
+from pipeline.params import ParamsError, load_params
+
+REPO_PARAMS = Path(__file__).parents[1] / "params.yaml"
+
+
+def write_params(folder: Path, overrides: dict | None = None, drop: tuple[str, ...] = ()) -> Path:
+    """The repo's params.yaml with dotted-key overrides applied (and dotted keys or sections dropped)."""
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".")
+        raw.setdefault(section, {})[key] = value
+    for dotted in drop:
+        section, _, key = dotted.partition(".")
+        if key:
+            del raw[section][key]
+        else:
+            del raw[section]
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def problems(path: Path, **kwargs) -> str:
+    with pytest.raises(ParamsError) as caught:
+        load_params(path, **kwargs)
+    return str(caught.value)
+
+
+def test_repo_params_load_with_documented_defaults():
+    params = load_params(REPO_PARAMS)
+    assert params.model.name_or_path == "gpt2"
+    assert (params.data.source, params.data.hub_config) == ("hub", "wikitext-2-raw-v1")
+    assert (params.freeze.trainable_blocks, params.freeze.train_ln_f, params.freeze.head) == (1, False, "tied")
+    assert params.train.learning_rate == pytest.approx(5e-5)
+    assert params.flat()["freeze.head"] == "tied"
+
+
+def test_digest_changes_with_any_value_and_only_then(tmp_path):
+    same = load_params(write_params(tmp_path)).digest()
+    assert same == load_params(REPO_PARAMS).digest()
+    assert load_params(write_params(tmp_path, {"train.seed": 43})).digest() != same
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write_params(
+        tmp_path,
+        {"train.learnin_rate": 0.1, "train.batch_size": "8", "evaluate.batch_size": 0, "freeze.head": "both"},
+        drop=("tokenize", "data.split_seed"),
+    )
+    message = problems(path)
+    assert "5 problem(s)" in message
+    assert "train.learnin_rate: unknown key" in message
+    assert "train.batch_size: expected int, got '8'" in message
+    assert "freeze.head: expected one of 'tied', 'untied', 'frozen', got 'both'" in message
+    assert "tokenize: missing section" in message
+    assert "data.split_seed: missing" in message
+    # Range checks run once the types are right, so this one waits for the next load.
+    assert "evaluate.batch_size" not in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"train.learning_rate": 0.0}, "train.learning_rate: must be > 0, got 0.0"),
+        ({"train.batch_size": -1}, "train.batch_size: must be > 0, got -1"),
+        ({"tokenize.block_size": 0}, "tokenize.block_size: must be > 0"),
+        ({"train.max_steps": 0}, "train.max_steps: must be > 0 or null"),
+        ({"data.max_test_lines": -5}, "data.max_test_lines: must be > 0 or null"),
+        ({"freeze.trainable_blocks": -1}, "freeze.trainable_blocks: must be >= 0"),
+        ({"data.source": "local"}, "data.source is local: set data.single_file, or every split's file"),
+        (
+            {"data.source": "local", "data.single_file": "a.txt", "data.split_fractions": [0.5, 0.5]},
+            "data.split_fractions: three positive",
+        ),
+        (
+            {"data.source": "local", "data.single_file": "a.txt", "data.train_file": "b.txt"},
+            "both set",
+        ),
+    ],
+)
+def test_out_of_range_values_are_refused(tmp_path, overrides, expected):
+    assert expected in problems(write_params(tmp_path, overrides))
+
+
+def test_booleans_are_not_numbers_and_ints_are_floats(tmp_path):
+    assert "train.batch_size: expected int, got True" in problems(write_params(tmp_path, {"train.batch_size": True}))
+    assert load_params(write_params(tmp_path, {"train.epochs": 2})).train.epochs == 2
+
+
+def test_bare_exponent_is_a_string_in_yaml_and_refused(tmp_path):
+    path = write_params(tmp_path)
+    path.write_text(path.read_text().replace("learning_rate: 5.0e-05", "learning_rate: 5e-5"))
+    assert "train.learning_rate: expected float, got '5e-5'" in problems(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("train: [unclosed", "not valid YAML"), ("- a\n- b\n", "must be a mapping of sections"), ("", "got NoneType")],
+)
+def test_unreadable_yaml_is_one_clear_error(tmp_path, content, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(content)
+    assert expected in problems(path)
+
+
+def test_missing_file_says_where_to_run(tmp_path):
+    assert "not found" in problems(tmp_path / "nope.yaml")
+
+
+def test_model_config_checks_join_the_same_report(tmp_path, tiny_config):
+    path = write_params(tmp_path, {"tokenize.block_size": 65, "freeze.trainable_blocks": 3})
+    message = problems(path, load_model_config=lambda name: tiny_config)
+    assert "2 problem(s)" in message
+    assert "block_size: 65 exceeds the model's n_positions (64)" in message
+    assert "trainable_blocks: 3 exceeds the model's n_layer (2)" in message
+    at_limits = write_params(tmp_path, {"tokenize.block_size": 64, "freeze.trainable_blocks": 2})
+    assert load_params(at_limits, load_model_config=lambda name: tiny_config).tokenize.block_size == 64
+
+
+def test_unloadable_model_config_is_reported_as_a_problem(tmp_path):
+    def unreachable(name):
+        raise UserError(f"model.name_or_path={name!r}: could not load")
+
+    assert "model.name_or_path='gpt2': could not load" in problems(
+        write_params(tmp_path), load_model_config=unreachable
+    )
+
+
+def test_real_gpt2_shapes_accept_the_defaults():
+    assert load_params(REPO_PARAMS, load_model_config=lambda name: GPT2Config()).tokenize.block_size == 128
