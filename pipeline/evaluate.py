@@ -1,0 +1,98 @@
+"""Stage 4, evaluate: loss, perplexity and next-token accuracy on the validation and test blocks.
+
+dvc.yaml runs this module twice. `--model base` scores the pretrained model before fine-tuning (stage
+`evaluate_base`: it depends only on the model and the data, so DVC caches it across train-param changes).
+`--model <folder>` scores the fine-tuned model and reports it beside the base numbers, with the gain; it is the
+last stage, so it also puts the final metrics and parameter counts on the pipeline's MLflow group run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.cli import exit_on_user_error
+from pipeline.corpus import read_splits
+from pipeline.files import flatten_metrics, read_json, write_json
+from pipeline.lm_metrics import score_blocks
+from pipeline.loading import load_config, load_model
+from pipeline.params import Params, load_params
+from pipeline.tracking import stage_run
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("validation", "test")
+BASE_MODEL = "base"
+
+
+def evaluate(model, tokenized_dir: Path, params: Params) -> dict[str, dict[str, float]]:
+    """Scores of `model` on each eval split's packed blocks."""
+    splits = read_splits(tokenized_dir, EVAL_SPLITS)
+    results = {}
+    for split, dataset in splits.items():
+        blocks = dataset.with_format("torch")[:]["input_ids"]
+        results[split] = score_blocks(model, blocks, params.evaluate.batch_size, params.evaluate.bf16).as_dict()
+    return results
+
+
+def gain(base: dict[str, dict[str, float]], finetuned: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """How much fine-tuning helped: loss drop, perplexity ratio (base / fine-tuned) and accuracy points."""
+    return {
+        split: {
+            "loss_drop": base[split]["loss"] - finetuned[split]["loss"],
+            "perplexity_ratio": base[split]["perplexity"] / finetuned[split]["perplexity"],
+            "accuracy_gain": finetuned[split]["accuracy"] - base[split]["accuracy"],
+        }
+        for split in finetuned
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--model", required=True, help=f"'{BASE_MODEL}' (model.name_or_path) or a model folder")
+    parser.add_argument("--tokenized", type=Path, required=True, help="folder of packed <split>.parquet")
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON file for the scores")
+    parser.add_argument("--base-metrics", type=Path, help="the base model's scores (fine-tuned evaluation only)")
+    parser.add_argument("--train-metrics", type=Path, help="train's metrics, for the group run (fine-tuned only)")
+    args = parser.parse_args(argv)
+    is_base = args.model == BASE_MODEL
+    if not is_base and not (args.base_metrics and args.train_metrics):
+        parser.error("a fine-tuned model needs --base-metrics and --train-metrics")
+    with exit_on_user_error():
+        params = load_params(args.params, load_model_config=load_config if is_base else None)
+        model_path = params.model.name_or_path if is_base else args.model
+        inputs = [args.tokenized] if is_base else [args.tokenized, Path(args.model), args.base_metrics]
+        stage = "evaluate_base" if is_base else "evaluate"
+        with stage_run(stage, params, ("mlflow", "model", "evaluate"), inputs=inputs, closes_group=not is_base) as run:
+            scores = evaluate(load_model(model_path), args.tokenized, params)
+            if is_base:
+                report = scores
+            else:
+                base = read_json(args.base_metrics)
+                report = {"finetuned": scores, "base": base, "gain": gain(base, scores)}
+                trained = read_json(args.train_metrics)
+                counts = {key: value for key, value in trained["parameters"].items() if key != "modules"}
+                run.log_group_metrics(
+                    flatten_metrics({**report, "params": counts, "train_loss": trained["train_loss"]})
+                )
+            write_json(args.metrics, report)
+            run.log_metrics(flatten_metrics(report))
+        print(summary_table(report if not is_base else {"base": report}))
+
+
+def summary_table(report: dict[str, dict[str, dict[str, float]]]) -> str:
+    rows = [f"{'model':<10} {'split':<11} {'loss':>8} {'perplexity':>11} {'accuracy':>9} {'tokens':>10}"]
+    for model in ("base", "finetuned"):
+        for split in EVAL_SPLITS if model in report else ():
+            scores = report[model][split]
+            rows.append(
+                f"{model:<10} {split:<11} {scores['loss']:>8.4f} {scores['perplexity']:>11.2f} "
+                f"{scores['accuracy']:>9.4f} {scores['tokens']:>10,}"
+            )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Stage 1, prepare: load the raw corpus and write its train/validation/test splits as Parquet.
+
+Rows are lines of text, headings and empty lines included: article structure is text too, and nothing is
+dropped silently (line, empty-line and character counts per split go to the stage's metrics). The hub source
+uses the dataset's own splits; the test set is never carved out of train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import re
+from pathlib import Path
+
+from datasets import Dataset
+
+from pipeline.cli import exit_on_user_error
+from pipeline.corpus import write_splits
+from pipeline.errors import UserError
+from pipeline.files import atomic_dir, flatten_metrics, write_json
+from pipeline.loading import load_hub_dataset
+from pipeline.params import SPLITS, DataParams, load_params
+from pipeline.tracking import stage_run
+
+log = logging.getLogger(__name__)
+
+# Wikitext marks an article's title as " = Title = "; sections add more "=" (" = = Section = = ").
+ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
+
+
+def prepare(data: DataParams) -> dict[str, Dataset]:
+    """Load the corpus `data` describes and cut each split to its subset size.
+
+    Local paths are relative to the working directory, which DVC sets to the folder of dvc.yaml.
+    """
+    if data.source == "hub":
+        hub = load_hub_dataset(data.hub_dataset, data.hub_config)
+        missing = [split for split in SPLITS if split not in hub]
+        if missing:
+            raise UserError(f"data.hub_dataset={data.hub_dataset!r} has no split(s) {missing}; it has {list(hub)}")
+        lines = {split: hub[split]["text"] for split in SPLITS}
+    elif data.single_file is not None:
+        lines = split_documents(read_lines(Path(data.single_file)), data.split_fractions, data.split_seed)
+    else:
+        lines = {split: read_lines(Path(data.split_file(split))) for split in SPLITS}
+    return {split: Dataset.from_dict({"text": _subset(lines[split], data.max_lines(split))}) for split in SPLITS}
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines with their newlines kept, so joining them gives back the file's text exactly."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (check data.*_file in params.yaml)") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (bad byte at offset {error.start}); re-encode it as UTF-8") from None
+    lines = text.splitlines(keepends=True)
+    if not any(line.strip() for line in lines):
+        raise UserError(f"{path}: no text in it; give the split a non-empty file")
+    return lines
+
+
+def split_documents(lines: list[str], fractions: list[float], seed: int) -> dict[str, list[str]]:
+    """Shuffle whole documents with a fixed seed and deal them out by fractions, keeping each one intact.
+
+    Documents start at article headings; a file without headings is cut at empty lines instead.
+    """
+    is_start = ARTICLE_HEADING.match if any(ARTICLE_HEADING.match(line.rstrip("\n")) for line in lines) else None
+    documents: list[list[str]] = [[]]
+    for line in lines:
+        starts_new = is_start(line.rstrip("\n")) if is_start else not line.strip()
+        if starts_new and documents[-1]:
+            documents.append([])
+        documents[-1].append(line)
+    if len(documents) < len(SPLITS):
+        raise UserError(f"data.single_file has {len(documents)} document(s); it needs at least one per split")
+    random.Random(seed).shuffle(documents)
+    train_end = max(1, round(fractions[0] * len(documents)))
+    validation_end = min(len(documents) - 1, max(train_end + 1, round((fractions[0] + fractions[1]) * len(documents))))
+    chosen = {"train": documents[:train_end], "validation": documents[train_end:validation_end]}
+    chosen["test"] = documents[validation_end:]
+    return {split: [line for document in docs for line in document] for split, docs in chosen.items()}
+
+
+def _subset(lines: list[str], max_lines: int | None) -> list[str]:
+    return lines if max_lines is None else lines[:max_lines]
+
+
+def split_stats(splits: dict[str, Dataset]) -> dict[str, dict[str, int]]:
+    stats = {}
+    for split, dataset in splits.items():
+        texts = dataset["text"]
+        stats[split] = {
+            "lines": len(texts),
+            "empty_lines": sum(1 for text in texts if not text.strip()),
+            "characters": sum(len(text) for text in texts),
+        }
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, required=True, help="folder for <split>.parquet")
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON file of per-split counts")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        params = load_params(args.params)
+        local_files = (params.data.single_file, *map(params.data.split_file, SPLITS))
+        local_inputs = [Path(path) for path in local_files if path is not None]
+        with stage_run("prepare", params, ("mlflow", "data"), inputs=local_inputs) as run:
+            splits = prepare(params.data)
+            stats = split_stats(splits)
+            with atomic_dir(args.out) as staging:
+                write_splits(staging, splits)
+            write_json(args.metrics, stats)
+            run.log_metrics(flatten_metrics(stats))
+        for split, counts in stats.items():
+            print(
+                f"{split:<10} {counts['lines']:>8,} lines ({counts['empty_lines']:,} empty), "
+                f"{counts['characters']:,} characters"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Fixtures shared by the test modules, grouped by what they provide; add a new group under its own heading."""
+
+import os
+import tempfile
+
+# Tests run offline against an empty, throwaway Hugging Face cache: a hub call must fail at once (not after a minute
+# of retries) and nothing a developer has cached may leak in. Set before transformers is imported, which reads them.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf-home-")
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import GPT2Config
+
+REPO = Path(__file__).parents[1]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny models and data. The offline corpus and the tiny pretrained GPT-2 come from pipeline/offline.py, built once
+# per session (the model takes about 10 s); tests read them and must not change them.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_config() -> GPT2Config:
+    """A random-weights GPT-2 small enough to count by hand; bos/eos set, or transformers warns they are missing."""
+    return GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0)
+
+
+@pytest.fixture(scope="session")
+def offline_corpus(tmp_path_factory) -> dict[str, Path]:
+    """Split name -> generated Wikitext-shaped text file (`train`, `validation`, `test`), default sizes and seed."""
+    from pipeline.offline import write_corpus  # imported here, so a broken offline module fails only its users
+
+    return write_corpus(tmp_path_factory.mktemp("offline") / "corpus")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, offline_corpus) -> Path:
+    """Folder of the tiny pretrained GPT-2 and its tokenizer (trained on `offline_corpus`'s train split)."""
+    from pipeline.offline import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("offline") / "tiny-gpt2", [offline_corpus["train"]])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole-pipeline runs. A throwaway copy of the project (code, dvc.yaml, params.yaml) in its own git repo, switched
+# to the offline profile, where tests run the real `dvc repro` and read dvc.lock, metrics/ and mlruns/.
+# ---------------------------------------------------------------------------------------------------------------
+
+PROJECT_FILES = (
+    "pipeline",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "local/README.md",
+    "local/corpus/.gitkeep",
+    "local/models/.gitkeep",
+    "mlruns/.gitkeep",
+)
+# Fixed identity: CI machines may have none, and commits in the copies should not depend on the developer's.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "tests",
+    "GIT_AUTHOR_EMAIL": "tests@localhost",
+    "GIT_COMMITTER_NAME": "tests",
+    "GIT_COMMITTER_EMAIL": "tests@localhost",
+}
+
+
+class PipelineRepo:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def params(self) -> dict:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def set_params(self, overrides: dict) -> None:
+        """Apply dotted-key overrides to params.yaml, as `dvc exp run -S` would."""
+        raw = self.params
+        for dotted, value in overrides.items():
+            section, key = dotted.split(".")
+            raw[section][key] = value
+        (self.root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def metrics(self, name: str) -> dict:
+        return yaml.safe_load((self.root / "metrics" / f"{name}.json").read_text())
+
+    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, **GIT_IDENTITY}
+        env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own mlruns/, resolved from its root
+        result = subprocess.run(command, cwd=self.root, env=env, capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def dvc(self, *args: str) -> str:
+        result = self.run(sys.executable, "-m", "dvc", *args)
+        return result.stdout + result.stderr
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-q", "-m", message)
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo_factory(tmp_path_factory, offline_corpus, tiny_model_dir):
+    """Make a fresh offline-profile copy of the project, committed, with the session's tiny model and corpus."""
+    from pipeline.offline import OFFLINE_CORPUS_DIR, OFFLINE_MODEL_DIR, offline_overrides
+
+    def make(name: str) -> PipelineRepo:
+        root = tmp_path_factory.mktemp(name)
+        for relative in PROJECT_FILES:
+            source, target = REPO / relative, root / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, target)
+        shutil.copytree(offline_corpus["train"].parent, root / OFFLINE_CORPUS_DIR)
+        shutil.copytree(tiny_model_dir, root / OFFLINE_MODEL_DIR)
+        repo = PipelineRepo(root)
+        repo.set_params(offline_overrides())
+        repo.run("git", "init", "-q")
+        repo.commit("offline profile")
+        return repo
+
+    return make

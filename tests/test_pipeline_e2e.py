@@ -1,0 +1,106 @@
+"""End to end: `dvc repro` of the project's own dvc.yaml, offline, on the generated tiny model and corpus."""
+
+import json
+import re
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pipeline.hashing import dvc_md5
+
+STAGES = {"prepare", "tokenize", "train", "evaluate_base", "evaluate"}
+
+pytestmark = pytest.mark.slow
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def first_run(pipeline_repo_factory):
+    repo = pipeline_repo_factory("e2e")
+    return repo, repo.dvc("repro")
+
+
+def test_first_repro_runs_every_stage_and_writes_every_output(first_run):
+    repo, output = first_run
+    assert ran_stages(output) == STAGES
+    for path in (
+        "data/prepared/train.parquet",
+        "data/tokenized/test.parquet",
+        "models/finetuned/model.safetensors",
+        "models/finetuned/tokenizer.json",
+        "plots/train_curve.csv",
+        "plots/train_throughput.csv",
+    ):
+        assert (repo.root / path).is_file(), path
+    lock = yaml.safe_load((repo.root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == STAGES
+    curve = (repo.root / "plots/train_curve.csv").read_text().splitlines()
+    assert curve[0] == "step,loss,learning_rate" and len(curve) > 2
+
+
+def test_metrics_show_counts_and_a_gain_over_the_base_model(first_run):
+    repo, _ = first_run
+    prepared = repo.metrics("prepare")
+    assert prepared["train"]["empty_lines"] > 0 and prepared["test"]["characters"] > 0
+    tokenized = repo.metrics("tokenize")
+    assert tokenized["train"]["blocks"] == tokenized["train"]["tokens"] // repo.params["tokenize"]["block_size"]
+    trained = repo.metrics("train")
+    assert trained["parameters"]["trainable"] + trained["parameters"]["frozen"] == trained["parameters"]["total"]
+    report = repo.metrics("eval")
+    for split in ("validation", "test"):
+        finetuned, base = report["finetuned"][split], report["base"][split]
+        assert finetuned["loss"] < base["loss"]
+        assert finetuned["perplexity"] == pytest.approx(2.718281828 ** finetuned["loss"], rel=1e-6)
+        assert 0 <= base["accuracy"] < finetuned["accuracy"] <= 1
+    assert report["base"] == repo.metrics("base")
+
+
+def test_mlflow_groups_the_stage_runs_under_one_finished_run(first_run):
+    repo, _ = first_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo.root}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(repo.params["mlflow"]["experiment"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    groups = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(groups) == 1
+    group = groups[0]
+    assert group.info.status == "FINISHED"
+    assert group.data.params["freeze.head"] == "tied"
+    assert group.data.params["train.learning_rate"] == str(repo.params["train"]["learning_rate"])
+    report, trained = repo.metrics("eval"), repo.metrics("train")
+    assert group.data.metrics["finetuned.validation.loss"] == pytest.approx(report["finetuned"]["validation"]["loss"])
+    assert group.data.metrics["base.test.perplexity"] == pytest.approx(report["base"]["test"]["perplexity"])
+    assert group.data.metrics["params.trainable"] == trained["parameters"]["trainable"]
+    children = {run.data.tags["mlflow.runName"]: run for run in runs if run is not group}
+    assert set(children) == STAGES
+    assert all(run.info.status == "FINISHED" for run in children.values())
+    assert all(run.data.tags["mlflow.parentRunId"] == group.info.run_id for run in children.values())
+    train_run = children["train"]
+    assert train_run.data.params["freeze.head"] == "tied"
+    assert "data.source" not in train_run.data.params  # a stage logs only the params it reads
+    assert len(client.get_metric_history(train_run.info.run_id, "loss")) >= 2
+
+
+def test_lineage_tags_match_dvc_lock(first_run):
+    repo, _ = first_run
+    lock = yaml.safe_load((repo.root / "dvc.lock").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo.root}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(repo.params["mlflow"]["experiment"]).experiment_id])
+    train_run = next(run for run in runs if run.data.tags.get("mlflow.runName") == "train")
+    tokenized_dep = next(dep for dep in lock["stages"]["train"]["deps"] if dep["path"] == "data/tokenized")
+    assert train_run.data.tags["input.data/tokenized"] == tokenized_dep["md5"] == dvc_md5(repo.root / "data/tokenized")
+    assert train_run.data.tags["dvc.stage"] == "train"
+    assert re.fullmatch(r"[0-9a-f]{40}", train_run.data.tags["git.commit"])
+
+
+def test_changing_a_train_param_reruns_only_train_and_evaluate_then_nothing(first_run):
+    repo, _ = first_run
+    repo.set_params({"train.seed": repo.params["train"]["seed"] + 1})
+    assert ran_stages(repo.dvc("repro")) == {"train", "evaluate"}
+    again = repo.dvc("repro")
+    assert ran_stages(again) == set()
+    assert json.loads(repo.dvc("status", "--json")) == {}
