@@ -170,8 +170,10 @@ def main(argv: list[str] | None = None) -> None:
             summary = {"train_loss": result.training_loss, "steps": result.global_step}
             write_json(args.metrics, {**summary, "parameters": counts.as_json()})
             run.log_metrics(summary)
-        print(table)
-        print(f"train loss {result.training_loss:.4f} after {result.global_step} steps; model saved to {args.out}")
+        print(
+            f"trainable {counts.trainable:,} of {counts.total:,} parameters ({params.freeze.head} head); "
+            f"train loss {result.training_loss:.4f} after {result.global_step} steps; model saved to {args.out}"
+        )
 
 
 if __name__ == "__main__":
