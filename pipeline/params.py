@@ -120,6 +120,9 @@ class TrainParams:
     ignored, with a warning, where it does not."""
     logging_steps: int = 10
     """Optimizer steps between points of the training curve."""
+    deterministic: bool = True
+    """`torch.use_deterministic_algorithms` (the Trainer's `full_determinism`): reruns on the same machine and
+    thread count give bitwise-identical weights; README's "Reproducibility" gives its measured cost."""
 
 
 @dataclass(frozen=True)

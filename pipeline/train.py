@@ -88,6 +88,7 @@ def training_arguments(params: Params, scratch_dir: Path, use_bf16: bool) -> Tra
         use_cpu=not torch.cuda.is_available(),
         seed=train.seed,
         data_seed=train.seed,
+        full_determinism=train.deterministic,
         logging_steps=train.logging_steps,
         save_strategy="no",  # the stage saves the final model itself; Trainer checkpoints would hold temp paths
         eval_strategy="no",  # evaluation is its own stage, with the base model on the same blocks
