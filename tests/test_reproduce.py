@@ -1,0 +1,75 @@
+"""The reproducibility check itself: it passes on the pipeline as it is and catches planted nondeterminism."""
+
+import json
+import sys
+
+import pytest
+
+from pipeline.reproduce import compare_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def reproduce(repo, *args: str):
+    return repo.run(sys.executable, "-m", "pipeline.reproduce", "--repo", str(repo.root), *args, check=False)
+
+
+def verdict_lines(output: str) -> dict[str, str]:
+    """`output path -> same/DIFFERS` from the check's table."""
+    rows = [line.split() for line in output.splitlines() if line.endswith(("same", "DIFFERS"))]
+    return {row[1]: row[-1] for row in rows}
+
+
+def test_two_clean_runs_of_the_offline_pipeline_are_bitwise_identical(pipeline_repo_factory):
+    repo = pipeline_repo_factory("reproduce-ok")
+    result = reproduce(repo, "twice")
+    assert result.returncode == 0, result.stdout + result.stderr
+    verdicts = verdict_lines(result.stdout)
+    for output in ("data/prepared", "data/tokenized", "models/finetuned", "metrics/eval.json", "plots/train_curve.csv"):
+        assert verdicts[output] == "same"
+    assert "metrics: all equal" in result.stdout
+    assert result.stdout.rstrip().endswith("REPRODUCED")
+
+
+def test_planted_nondeterminism_is_caught_and_located(pipeline_repo_factory):
+    repo = pipeline_repo_factory("reproduce-planted")
+    tokenization = repo.root / "pipeline" / "tokenization.py"
+    packing = "        blocks, dropped = pack_blocks(tokens, block_size)\n"
+    assert packing in tokenization.read_text()
+    # An unseeded shuffle of the packed blocks: the kind of bug that "seeded" pipelines still have.
+    tokenization.write_text(
+        tokenization.read_text().replace(packing, packing + "        np.random.default_rng().shuffle(blocks)\n")
+    )
+    repo.commit("plant an unseeded shuffle")
+    result = reproduce(repo, "twice")
+    assert result.returncode == 1
+    verdicts = verdict_lines(result.stdout)
+    assert verdicts["data/prepared"] == "same"
+    assert verdicts["data/tokenized"] == "DIFFERS"
+    assert verdicts["models/finetuned"] == "DIFFERS"
+    assert "metric differs: eval.json:finetuned.validation.loss" in result.stdout
+    assert result.stdout.rstrip().endswith("NOT REPRODUCED")
+
+
+def test_lock_mode_accepts_a_faithful_commit_and_rejects_a_doctored_one(pipeline_repo_factory):
+    repo = pipeline_repo_factory("reproduce-lock")
+    repo.dvc("repro")
+    repo.commit("results of the offline profile")  # dvc.lock, metrics/ and the loss curve, as a user would
+    faithful = reproduce(repo, "lock")
+    assert faithful.returncode == 0, faithful.stdout + faithful.stderr
+    assert set(verdict_lines(faithful.stdout).values()) == {"same"}
+
+    report_path = repo.root / "metrics" / "eval.json"
+    report = json.loads(report_path.read_text())
+    report["finetuned"]["test"]["loss"] += 0.01
+    report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    repo.commit("claim a better test loss than the code gives")
+    doctored = reproduce(repo, "lock", "--tolerance", "0.001")
+    assert doctored.returncode == 1
+    assert "metric differs: eval.json:finetuned.test.loss" in doctored.stdout
+
+
+def test_metric_comparison_respects_the_tolerance():
+    assert compare_metrics({"a": 1.0}, {"a": 1.0005}, tolerance=0.001) == []
+    assert compare_metrics({"a": 1.0}, {"a": 1.0005}, tolerance=0.0) == ["a: 1.0 vs 1.0005 (|diff| > 0.0)"]
+    assert compare_metrics({"a": 1.0}, {}, tolerance=0.0) == ["a: only in the first run"]
