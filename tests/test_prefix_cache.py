@@ -1,0 +1,75 @@
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from pipeline.freeze import apply_freeze_policy
+from pipeline.params import FreezeParams
+from pipeline.prefix_cache import FrozenPrefixTail, cached_prefix, compute_prefix, prefix_is_frozen
+from pipeline.train import bf16_supported
+
+NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+
+
+def frozen_prefix_model(tiny_config, head: str) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**{**tiny_config.to_dict(), "n_layer": 3, **NO_DROPOUT}))
+    apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=True, head=head))
+    return model.train()
+
+
+def tokens(tiny_config, rows: int = 6, length: int = 16) -> torch.Tensor:
+    return torch.randint(0, tiny_config.vocab_size, (rows, length), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("head", ["untied", "frozen"])
+@pytest.mark.parametrize(
+    "bf16", [False, pytest.param(True, marks=pytest.mark.skipif(not bf16_supported(), reason="no bf16"))]
+)
+def test_cached_and_uncached_paths_give_the_same_loss_and_gradients(tiny_config, head, bf16):
+    model = frozen_prefix_model(tiny_config, head)
+    input_ids = tokens(tiny_config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with autocast:
+        uncached = model(input_ids=input_ids, labels=input_ids).loss
+    uncached.backward()
+    uncached_grads = [p.grad.clone() for p in trainable]
+    model.zero_grad(set_to_none=True)
+
+    prefix = compute_prefix(model, input_ids, prefix_blocks=2, batch_size=4, bf16=bf16)
+    with autocast:
+        cached = FrozenPrefixTail(model, prefix_blocks=2)(prefix_hidden_states=prefix, labels=input_ids).loss
+    cached.backward()
+    assert cached.item() == uncached.item()
+    for parameter, expected in zip(trainable, uncached_grads, strict=True):
+        assert torch.equal(parameter.grad, expected)
+
+
+def test_the_prefix_is_frozen_only_when_the_embedding_is():
+    assert not prefix_is_frozen(FreezeParams(trainable_blocks=1, train_ln_f=False, head="tied"))
+    assert prefix_is_frozen(FreezeParams(trainable_blocks=1, train_ln_f=False, head="untied"))
+    assert prefix_is_frozen(FreezeParams(trainable_blocks=1, train_ln_f=False, head="frozen"))
+
+
+def test_disk_cache_is_reused_for_the_same_prefix_and_data_only(tiny_config, tmp_path):
+    model = frozen_prefix_model(tiny_config, "untied")
+    input_ids = tokens(tiny_config)
+    first = cached_prefix(model, input_ids, 2, 4, False, tmp_path)
+    [cache_file] = tmp_path.glob("prefix-*.safetensors")
+    modified = cache_file.stat().st_mtime_ns
+    assert torch.equal(cached_prefix(model, input_ids, 2, 4, False, tmp_path), first)
+    assert cache_file.stat().st_mtime_ns == modified  # read, not recomputed
+    cached_prefix(model, tokens(tiny_config, rows=5), 2, 4, False, tmp_path)  # other data: another entry
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.add_(1.0)  # other prefix weights: another entry
+    cached_prefix(model, input_ids, 2, 4, False, tmp_path)
+    assert len(list(tmp_path.glob("prefix-*.safetensors"))) == 3
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_prefix_is_computed_without_dropout_and_leaves_the_mode_alone(tiny_config):
+    config = GPT2Config(**{**tiny_config.to_dict(), "n_layer": 3, "resid_pdrop": 0.5, "embd_pdrop": 0.5})
+    model = GPT2LMHeadModel(config).train()
+    input_ids = tokens(tiny_config)
+    assert torch.equal(compute_prefix(model, input_ids, 2, 3, False), compute_prefix(model, input_ids, 2, 6, False))
+    assert model.training
