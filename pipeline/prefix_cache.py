@@ -106,9 +106,33 @@ class FrozenPrefixTail(nn.Module):
         self.prefix_blocks = prefix_blocks
         self.config = model.config  # the Trainer reads it
 
-    def forward(self, prefix_hidden_states: torch.Tensor, labels: torch.Tensor) -> CausalLMOutput:
+    def forward(self, prefix_hidden_states: torch.Tensor, labels: torch.Tensor, **loss_kwargs) -> CausalLMOutput:
+        # `loss_kwargs` carries the Trainer's `num_items_in_batch`, so the loss is normalised exactly as the
+        # whole model's would be (the Trainer looks for **kwargs in forward's signature to decide).
         transformer = self.model.transformer
         hidden = run_blocks(self.model, prefix_hidden_states, transformer.h[self.prefix_blocks :])
         logits = self.model.lm_head(transformer.ln_f(hidden))
-        loss = self.model.loss_function(logits, labels, vocab_size=self.config.vocab_size)
+        loss = self.model.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         return CausalLMOutput(loss=loss, logits=logits)
+
+
+class PrefixDataset(torch.utils.data.Dataset):
+    """Cached prefix outputs with their token blocks as labels, as the Trainer's train_dataset."""
+
+    def __init__(self, hidden_states: torch.Tensor, input_ids: torch.Tensor) -> None:
+        self.hidden_states, self.input_ids = hidden_states, input_ids
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"prefix_hidden_states": self.hidden_states[index], "labels": self.input_ids[index]}
+
+
+def tail_training(
+    model: GPT2LMHeadModel, input_ids: torch.Tensor, trainable_blocks: int, bf16: bool, cache_dir: Path, batch_size: int
+) -> tuple[FrozenPrefixTail, PrefixDataset]:
+    """What the Trainer trains instead of the whole model: the tail, and a dataset of cached prefix outputs."""
+    prefix_blocks = len(model.transformer.h) - trainable_blocks
+    hidden_states = cached_prefix(model, input_ids, prefix_blocks, batch_size, bf16, cache_dir)
+    return FrozenPrefixTail(model, prefix_blocks), PrefixDataset(hidden_states, input_ids)

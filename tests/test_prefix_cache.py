@@ -73,3 +73,43 @@ def test_prefix_is_computed_without_dropout_and_leaves_the_mode_alone(tiny_confi
     input_ids = tokens(tiny_config)
     assert torch.equal(compute_prefix(model, input_ids, 2, 3, False), compute_prefix(model, input_ids, 2, 6, False))
     assert model.training
+
+
+def test_trainer_on_the_cached_prefix_ends_with_the_same_weights(tiny_config, tmp_path):
+    """A few Trainer steps on the tail with cached prefixes = the same steps on the whole model (dropout off)."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from pipeline.prefix_cache import tail_training
+
+    input_ids = tokens(tiny_config, rows=12)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-2,
+        seed=0,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+
+    def full_batch(examples):
+        ids = torch.stack([torch.tensor(example["input_ids"]) for example in examples])
+        return {"input_ids": ids, "labels": ids}
+
+    whole = frozen_prefix_model(tiny_config, "untied")
+    Trainer(
+        model=whole,
+        args=args,
+        train_dataset=Dataset.from_dict({"input_ids": input_ids.tolist()}),
+        data_collator=full_batch,
+    ).train()
+    tailed = frozen_prefix_model(tiny_config, "untied")
+    tail, dataset = tail_training(
+        tailed, input_ids, trainable_blocks=1, bf16=False, cache_dir=tmp_path / "cache", batch_size=4
+    )
+    Trainer(model=tail, args=args, train_dataset=dataset).train()
+    for (name, expected), actual in zip(whole.state_dict().items(), tailed.state_dict().values(), strict=True):
+        assert torch.equal(expected, actual), name
