@@ -6,7 +6,9 @@ parent ("group") run with that key, or creates it. The group run holds *all* par
 (`closes_group=True`, which also sets it FINISHED), the headline metrics, so the MLflow UI compares configurations
 row by row without opening child runs. A stage's own run is a child with the params sections it reads, its metrics,
 artifacts and the DVC hash of each input. A failing stage ends its run and the group FAILED (KILLED when
-interrupted), so a retry starts a new group; a stage that succeeds without closing leaves the group RUNNING.
+interrupted), so a retry starts a new group; a stage that succeeds without closing leaves the group RUNNING. A
+stage killed too hard to do any of that (kill -9) leaves both RUNNING until the next stage marks them FAILED
+(pipeline/stale_runs.py, which says how it recognises them).
 
 The store is SQLite under `<repo root>/mlruns/` (MLflow 3.x refuses a plain `./mlruns` file store unless forced).
 The root comes from `DVC_ROOT`, which DVC sets to the *original* repo even when `dvc exp run --temp/--queue` runs
@@ -15,12 +17,8 @@ the stage in a temporary copy, so experiments land in the same store as plain ru
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
-import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,8 +29,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from pipeline.errors import UserError
-from pipeline.hashing import dvc_md5
+from pipeline.lineage import git, group_key, input_tags, lineage_tags, redact
 from pipeline.params import Params
+from pipeline.stale_runs import fail_stale_runs, process_tags
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +40,13 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 GROUP_KEY_TAG = "pipeline.group_key"
 ERROR_TAG_CHARS = 500
-# DVC rewrites dvc.lock after every stage and .gitignore for new outputs, and the first stage creates mlruns/, so
-# these must not change the group key between two stages of one execution; the `git.dirty` tag still counts them.
-_BOOKKEEPING_PATHSPECS = (":(exclude,glob)**/dvc.lock", ":(exclude,glob)**/.gitignore", ":(exclude)mlruns")
-# MLflow's key alphabet (its own error message lists it); any other character of a file name becomes "_".
-_INVALID_KEY_CHARS = re.compile(r"[^\w\-. :/]")
 
 
 def repo_root() -> Path:
     """The repo root: `DVC_ROOT` under DVC, else git's top level for the cwd, else the cwd."""
     if dvc_root := os.environ.get("DVC_ROOT"):
         return Path(dvc_root).resolve()
-    toplevel = _git(Path.cwd(), "rev-parse", "--show-toplevel")
+    toplevel = git(Path.cwd(), "rev-parse", "--show-toplevel")
     return Path(toplevel) if toplevel else Path.cwd().resolve()
 
 
@@ -124,12 +118,13 @@ def stage_run(
 
 def _open_runs(stage: str, params: Params, sections: Sequence[str], inputs: Sequence[Path]) -> StageRun:
     root = repo_root()
-    lineage = _lineage_tags(root, params, stage)
-    input_tags = _input_tags(root, inputs)  # before any run exists, so a hashing error leaves nothing RUNNING
+    lineage = lineage_tags(root, params, stage)
+    inputs_hashed = input_tags(root, inputs)  # before any run exists, so a hashing error leaves nothing RUNNING
     client = _client(root)
     experiment_id = _experiment_id(client, params.mlflow.experiment, root)
-    group_run_id = _group_run_id(client, experiment_id, params, lineage, _group_key(root, params, lineage))
-    tags = {**lineage, **input_tags, "mlflow.parentRunId": group_run_id}
+    fail_stale_runs(client, experiment_id)  # first, so a group that a killed stage left RUNNING is not joined
+    group_run_id = _group_run_id(client, experiment_id, params, lineage, group_key(root, params, lineage))
+    tags = {**lineage, **inputs_hashed, **process_tags(), "mlflow.parentRunId": group_run_id}
     run_id = client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id
     _log_params(client, run_id, {key: value for key, value in params.flat().items() if key.split(".")[0] in sections})
     logger.info("MLflow run %s (stage %s) in group %s at %s", run_id, stage, group_run_id, tracking_uri(root))
@@ -144,41 +139,6 @@ def _client(root: Path) -> MlflowClient:
         if logging.getLogger(name).getEffectiveLevel() == logging.INFO:  # a DEBUG asked for stays
             logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=tracking_uri(root))
-
-
-def _git(cwd: Path, *args: str) -> str | None:
-    """stdout of a git command, or None outside a repo or without git."""
-    try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
-
-
-def _dirty(root: Path, *pathspecs: str) -> str:
-    status = _git(root, "status", "--porcelain", "--", ".", *pathspecs)
-    return "unknown" if status is None else str(bool(status)).lower()
-
-
-def _lineage_tags(root: Path, params: Params, stage: str) -> dict[str, str]:
-    commit = _git(root, "rev-parse", "HEAD")
-    tags = {
-        "git.commit": commit or "unknown",
-        "git.dirty": _dirty(root),
-        "params.hash": params.digest(),
-        "dvc.stage": os.environ.get("DVC_STAGE") or stage,
-    }
-    if commit:  # MLflow's UI links this standard tag to the commit; "unknown" would be a broken link
-        tags["mlflow.source.git.commit"] = commit
-    if exp_name := os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = exp_name
-    return tags
-
-
-def _group_key(root: Path, params: Params, lineage: dict[str, str]) -> str:
-    dirty = _dirty(root, *_BOOKKEEPING_PATHSPECS)
-    identity = [params.digest(), lineage["git.commit"], dirty, lineage.get("dvc.exp_name", "")]
-    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
 def _experiment_id(client: MlflowClient, name: str, root: Path) -> str:
@@ -214,26 +174,6 @@ def _group_run_id(client: MlflowClient, experiment_id: str, params: Params, line
     return run_id
 
 
-def _input_tags(root: Path, inputs: Sequence[Path]) -> dict[str, str]:
-    """`input.<repo-relative path>` = its dvc.lock md5, for each input that exists.
-
-    Paths are relative to the innermost of the repo root and the cwd's git top level, and never absolute:
-    `dvc exp run --temp` runs stages in a git copy of the repo inside the original's `.dvc/tmp/exps/`, where the
-    copy's own top level must win; a path outside both is named by its last part only.
-    """
-    bases = [Path(base).resolve() for base in (root, _git(Path.cwd(), "rev-parse", "--show-toplevel")) if base]
-    tags = {}
-    for path in map(Path, inputs):
-        if not path.exists():
-            logger.warning("Input %s does not exist; its hash is not tagged on the MLflow run", path)
-            continue
-        absolute = path.resolve()
-        relatives = [absolute.relative_to(base) for base in bases if absolute.is_relative_to(base)]
-        name = min(relatives, key=lambda relative: len(relative.parts)).as_posix() if relatives else path.name
-        tags[f"input.{_INVALID_KEY_CHARS.sub('_', name)}"] = dvc_md5(path)
-    return tags
-
-
 def _log_params(client: MlflowClient, run_id: str, values: Mapping[str, object]) -> None:
     client.log_batch(run_id, params=[Param(key, str(value)) for key, value in values.items()])
 
@@ -262,7 +202,7 @@ def _finish(run: StageRun, started: float, closes_group: bool) -> None:
 
 
 def _abort(run: StageRun, started: float, status: str, error: BaseException) -> None:
-    message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    message = redact(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
     try:
         run.client.set_tag(run.run_id, "error", message[:ERROR_TAG_CHARS])
         run.log_metrics({"duration_s": time.perf_counter() - started})

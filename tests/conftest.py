@@ -8,6 +8,7 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf-home-")
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,15 @@ class PipelineRepo:
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
+
+    def stage_argv(self, stage: str, **options: object) -> list[str]:
+        """The stage's command from dvc.yaml as an argv for this interpreter (no DVC involved), with the values
+        of the named options replaced: `stage_argv("train", out="models/other")`."""
+        argv = shlex.split(yaml.safe_load((self.root / "dvc.yaml").read_text())["stages"][stage]["cmd"])
+        argv[0] = sys.executable
+        for name, value in options.items():
+            argv[argv.index("--" + name.replace("_", "-")) + 1] = str(value)
+        return argv
 
     def dvc(self, *args: str) -> str:
         result = self.run(sys.executable, "-m", "dvc", *args)

@@ -135,3 +135,10 @@ def test_unloadable_model_config_is_reported_as_a_problem(tmp_path):
 
 def test_real_gpt2_shapes_accept_the_defaults():
     assert load_params(REPO_PARAMS, load_model_config=lambda name: GPT2Config()).tokenize.block_size == 128
+
+
+def test_checkpoint_params_take_null_and_refuse_what_would_never_save(tmp_path):
+    assert load_params(write_params(tmp_path, {"train.checkpoint_steps": None})).train.checkpoint_steps is None
+    message = problems(write_params(tmp_path, {"train.checkpoint_steps": 0, "train.keep_checkpoints": 0}))
+    assert "train.checkpoint_steps: must be > 0 or null, got 0" in message
+    assert "train.keep_checkpoints: must be > 0, got 0" in message

@@ -1,11 +1,18 @@
 import logging
+import os
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from mlflow import MlflowClient
 
+from pipeline.cli import exit_on_user_error
+from pipeline.errors import UserError
 from pipeline.hashing import dvc_md5
 from pipeline.params import load_params
 from pipeline.tracking import repo_root, stage_run, tracking_uri
@@ -209,6 +216,29 @@ def test_dvc_lock_written_between_stages_keeps_the_group(client, make_params, tm
     assert client.get_run(tokenize.run_id).data.tags["git.dirty"] == "true"  # the tag still tells the truth
 
 
+def test_stage_outputs_keep_the_group_but_other_changes_start_a_new_one(client, make_params, tmp_path, monkeypatch):
+    repo = _init_repo(tmp_path / "fresh")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  prepare:\n    cmd: prepare\n    outs: [data/prepared]\n"
+        "    metrics:\n      - metrics/prepare.json:\n          cache: false\n"
+    )
+    _git(repo, "add", "dvc.yaml")
+    _git(repo, "commit", "-qm", "pipeline")
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    params = make_params()
+    with stage_run("prepare", params, ("data",)) as prepare:
+        pass
+    (repo / "metrics").mkdir()
+    (repo / "metrics" / "prepare.json").write_text("{}\n")  # not git-ignored: metrics are committed
+    with stage_run("tokenize", params, ("tokenize",)) as tokenize:
+        pass
+    (repo / "notes.txt").write_text("an uncommitted change\n")
+    with stage_run("train", params, ("train",)) as train:
+        pass
+
+    assert tokenize.group_run_id == prepare.group_run_id != train.group_run_id
+
+
 def test_experiment_is_a_model_training_one_with_artifacts_in_the_repo(client, store, make_params):
     params = make_params()
     with stage_run("prepare", params, ("data",)):
@@ -292,3 +322,81 @@ def test_repo_root_without_dvc_is_the_git_top_level_else_the_cwd(store, tmp_path
     assert repo_root() == store["repo"]
     monkeypatch.chdir(tmp_path)
     assert repo_root() == tmp_path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs that must not stay RUNNING: killed with SIGKILL (found stale by the next stage), stopped by a signal, or
+# failed on a user error; and what an error tag may show.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _left_running(client, experiment_id, pid: int, host: str, started_ms: int) -> tuple[str, str]:
+    """A stage run and its group as a stage killed with SIGKILL leaves them: RUNNING, with its process tags."""
+    group = client.create_run(experiment_id, run_name="pipeline-x").info.run_id
+    tags = {"mlflow.parentRunId": group, "dvc.stage": "train", "process.host": host, "process.pid": str(pid)}
+    stage = client.create_run(experiment_id, start_time=started_ms, tags=tags, run_name="train").info.run_id
+    return stage, group
+
+
+def test_the_next_stage_fails_runs_whose_process_is_gone_and_their_groups(client, make_params):
+    params = make_params()
+    experiment_id = client.create_experiment(params.mlflow.experiment)
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    now_ms = int(time.time() * 1000)
+    this_process_started_ms = int(psutil.Process().create_time() * 1000)
+    host = socket.gethostname()
+    dead = _left_running(client, experiment_id, finished.pid, host, now_ms)
+    reused = _left_running(client, experiment_id, os.getpid(), host, this_process_started_ms - 60_000)
+    alive = _left_running(client, experiment_id, os.getpid(), host, now_ms)
+    elsewhere = _left_running(client, experiment_id, finished.pid, "another-host", now_ms)
+
+    with stage_run("train", params, ("train",)) as run:
+        pass
+
+    for stage_id, group_id in (dead, reused):
+        stage, group = client.get_run(stage_id), client.get_run(group_id)
+        assert (stage.info.status, group.info.status) == ("FAILED", "FAILED")
+        assert stage.data.tags["error"].startswith("stale: its process (pid ")
+        assert stage_id in group.data.tags["error"]
+    for stage_id, group_id in (alive, elsewhere):
+        assert {client.get_run(run_id).info.status for run_id in (stage_id, group_id)} == {"RUNNING"}
+    tags = client.get_run(run.run_id).data.tags
+    assert (tags["process.host"], tags["process.pid"]) == (host, str(os.getpid()))
+    assert run.group_run_id not in {group for _, group in (dead, reused, alive, elsewhere)}
+
+
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_ends_the_stage_run_killed_and_exits_128_plus_the_signal(client, make_params, signum, exit_code):
+    with (
+        pytest.raises(SystemExit) as exited,
+        exit_on_user_error(),
+        stage_run("evaluate", make_params(), ("evaluate",), closes_group=True) as run,
+    ):
+        os.kill(os.getpid(), signum)
+    assert exited.value.code == exit_code
+    assert client.get_run(run.run_id).info.status == client.get_run(run.group_run_id).info.status == "KILLED"
+    assert client.get_run(run.run_id).data.tags["error"] == f"Interrupted: stopped by {signal.Signals(signum).name}"
+
+
+def test_a_user_error_ends_the_run_failed_with_its_message_and_exits_2(client, make_params, capsys):
+    with (
+        pytest.raises(SystemExit) as exited,
+        exit_on_user_error(),
+        stage_run("prepare", make_params(), ("data",)) as run,
+    ):
+        raise UserError("local/corpus/train.txt: no text in it")
+    assert exited.value.code == 2
+    assert client.get_run(run.run_id).info.status == "FAILED"
+    assert client.get_run(run.run_id).data.tags["error"] == "UserError: local/corpus/train.txt: no text in it"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_error_tags_show_neither_secrets_nor_the_home_folder(client, make_params, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_NotARealTokenButLongEnough")
+    message = f"401 Unauthorized with token hf_NotARealTokenButLongEnough for {Path.home()}/.cache/huggingface"
+    with pytest.raises(OSError), stage_run("train", make_params(), ("train",)) as run:
+        raise OSError(message)
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["error"] == "OSError: 401 Unauthorized with token *** for ~/.cache/huggingface"
+    assert not [value for value in tags.values() if "hf_NotARealToken" in value]

@@ -1,0 +1,111 @@
+"""Lineage tags for MLflow runs: the git commit and state, the params digest, the DVC stage and experiment, and the
+DVC hash of each input, so a run names exactly what produced it. Also the key that groups the stages of one
+pipeline execution, and the redaction that keeps the home folder and secrets out of any tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from pipeline.hashing import dvc_md5
+from pipeline.params import Params
+
+logger = logging.getLogger(__name__)
+
+# DVC rewrites dvc.lock after every stage and .gitignore for new outputs, and the first stage creates mlruns/, so
+# these must not change the group key between two stages of one execution; the `git.dirty` tag still counts them.
+_BOOKKEEPING_PATHSPECS = (":(exclude,glob)**/dvc.lock", ":(exclude,glob)**/.gitignore", ":(exclude)mlruns")
+# MLflow's key alphabet (its own error message lists it); any other character of a file name becomes "_".
+_INVALID_KEY_CHARS = re.compile(r"[^\w\-. :/]")
+# Environment variables whose values are credentials wherever they appear (HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...).
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_KEY", re.IGNORECASE)
+# Shorter values (a "1", a "true") would blank unrelated words.
+_MIN_SECRET_CHARS = 8
+
+
+def git(cwd: Path, *args: str) -> str | None:
+    """stdout of a git command, or None outside a repo or without git."""
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def _dirty(root: Path, *pathspecs: str) -> str:
+    status = git(root, "status", "--porcelain", "--", ".", *pathspecs)
+    return "unknown" if status is None else str(bool(status)).lower()
+
+
+def lineage_tags(root: Path, params: Params, stage: str) -> dict[str, str]:
+    commit = git(root, "rev-parse", "HEAD")
+    tags = {
+        "git.commit": commit or "unknown",
+        "git.dirty": _dirty(root),
+        "params.hash": params.digest(),
+        "dvc.stage": os.environ.get("DVC_STAGE") or stage,
+    }
+    if commit:  # MLflow's UI links this standard tag to the commit; "unknown" would be a broken link
+        tags["mlflow.source.git.commit"] = commit
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = exp_name
+    return tags
+
+
+def group_key(root: Path, params: Params, lineage: dict[str, str]) -> str:
+    dirty = _dirty(root, *_BOOKKEEPING_PATHSPECS, *_stage_output_pathspecs(root))
+    identity = [params.digest(), lineage["git.commit"], dirty, lineage.get("dvc.exp_name", "")]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+
+def _stage_output_pathspecs(root: Path) -> list[str]:
+    """Every output dvc.yaml declares, excluded from the group key's dirty check: metrics files are not git-ignored
+    (they are committed), so without this the second stage of an execution would see the first one's metrics as
+    uncommitted changes and start a group of its own."""
+    try:
+        stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+        kinds = ("outs", "metrics", "plots")
+        declared = [entry for stage in stages.values() for kind in kinds for entry in stage.get(kind) or ()]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return []  # no dvc.yaml (a stage run by hand elsewhere), or one DVC itself would refuse
+    return [f":(exclude){entry if isinstance(entry, str) else next(iter(entry))}" for entry in declared]
+
+
+def input_tags(root: Path, inputs: Sequence[Path]) -> dict[str, str]:
+    """`input.<repo-relative path>` = its dvc.lock md5, for each input that exists.
+
+    Paths are relative to the innermost of the repo root and the cwd's git top level, and never absolute:
+    `dvc exp run --temp` runs stages in a git copy of the repo inside the original's `.dvc/tmp/exps/`, where the
+    copy's own top level must win; a path outside both is named by its last part only.
+    """
+    bases = [Path(base).resolve() for base in (root, git(Path.cwd(), "rev-parse", "--show-toplevel")) if base]
+    tags = {}
+    for path in map(Path, inputs):
+        if not path.exists():
+            logger.warning("Input %s does not exist; its hash is not tagged on the MLflow run", path)
+            continue
+        absolute = path.resolve()
+        relatives = [absolute.relative_to(base) for base in bases if absolute.is_relative_to(base)]
+        name = min(relatives, key=lambda relative: len(relative.parts)).as_posix() if relatives else path.name
+        tags[f"input.{_INVALID_KEY_CHARS.sub('_', name)}"] = dvc_md5(path)
+    return tags
+
+
+def redact(text: str) -> str:
+    """`text` with the values of secret-named environment variables blanked and the home folder written `~`: an
+    error message from a library may quote either, and a tag is shown to everyone who can open the MLflow UI.
+    """
+    for name, value in os.environ.items():
+        if _SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_CHARS:
+            text = text.replace(value, "***")
+    home = str(Path.home())
+    return text.replace(home, "~") if len(home) > 1 else text

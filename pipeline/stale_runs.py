@@ -1,0 +1,80 @@
+"""MLflow runs left RUNNING by a process that died without closing them (kill -9, the out-of-memory killer, a
+power loss): no handler runs then, so without this the UI would show them RUNNING for ever.
+
+Every stage run records the host and pid of its process (`process.host`, `process.pid`; never its environment).
+When a stage starts, it looks in its experiment for RUNNING stage runs recorded on this host whose process is gone,
+or whose pid now belongs to a process started after the run (pids are reused), and ends each FAILED with an
+`error` tag saying why, together with its group run, which the dead stage can no longer close either. Runs of live
+processes (a stage running in parallel) and runs recorded on another host, whose process cannot be checked from
+here, are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import psutil
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+logger = logging.getLogger(__name__)
+
+HOST_TAG = "process.host"
+PID_TAG = "process.pid"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def process_tags() -> dict[str, str]:
+    """The tags by which a later stage can tell whether this process still owns its run."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def owner_is_gone(pid: int, run_started_ms: int) -> bool:
+    """True when no process has `pid`, or it is a zombie, or it started after the run (so cannot have made it)."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return process.create_time() * 1000 > run_started_ms
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:  # another user's live process: it exists, and cannot be looked into further
+        return False
+
+
+def fail_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End FAILED every stale stage run of this host in the experiment, and its group run; return their ids."""
+    host = socket.gethostname()
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=1000,
+    )
+    stale = [run for run in running if _is_stale(run)]
+    for run in stale:
+        tags = run.data.tags
+        reason = (
+            f"stale: its process (pid {tags[PID_TAG]} on {host}) ended without closing the run, as kill -9, the "
+            "out-of-memory killer or a power loss do; marked FAILED when the next stage started"
+        )
+        _fail(client, run.info.run_id, reason)
+        group_id = tags[PARENT_TAG]
+        if client.get_run(group_id).info.status == "RUNNING":
+            _fail(client, group_id, f"stage {tags.get('dvc.stage', '?')} (run {run.info.run_id}) {reason}")
+        logger.warning(
+            "MLflow run %s (stage %s, pid %s) was left RUNNING by a process that no longer exists: marked FAILED",
+            run.info.run_id, tags.get("dvc.stage", "?"), tags[PID_TAG],
+        )  # fmt: skip
+    return [run.info.run_id for run in stale]
+
+
+def _is_stale(run: Run) -> bool:
+    pid = run.data.tags.get(PID_TAG, "")
+    return PARENT_TAG in run.data.tags and pid.isdigit() and owner_is_gone(int(pid), run.info.start_time)
+
+
+def _fail(client: MlflowClient, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, "error", reason)
+    client.set_terminated(run_id, "FAILED")
