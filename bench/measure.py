@@ -1,0 +1,201 @@
+"""What the benchmarks measure with: the machine, peak memory, a fresh process per configuration, a clock for
+training steps, GEMM rates, the FLOP count of a training step, and the markdown table they print."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+import transformers
+from transformers import TrainerCallback
+
+GIB = 1024**3
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so a clock read after it times the work and not its launch."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def machine_description() -> str:
+    """One line for the table's caption: processor, threads, accelerator, library versions, date."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+    parts = [cpu, f"{psutil.cpu_count(logical=True)} logical CPUs", f"{torch.get_num_threads()} torch threads"]
+    if torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    parts += [f"torch {torch.__version__}", f"transformers {transformers.__version__}", f"{datetime.date.today()}"]
+    return ", ".join(parts)
+
+
+def use_threads(threads: int | None) -> None:
+    """Run torch on `threads` CPU threads, here and in every process `run_isolated` starts (they read
+    OMP_NUM_THREADS when torch loads). On a machine that others are busy on, fewer threads than cores avoids
+    threads waiting on each other at every op; None keeps torch's default (one per core)."""
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def current_rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM belongs to the address space made at exec, so it excludes what
+    the parent had (ru_maxrss can carry a forked parent's pages over exec)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def peak_gpu_bytes() -> int | None:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
+def run_isolated(worker: Callable[..., Any], *args: Any) -> Any:
+    """`worker(*args)` in a fresh spawned process: its peak memory is its own, and global torch state it sets
+    (the Trainer's full determinism, seeds, thread settings) dies with it. Arguments and result must pickle."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(worker, *args).result()
+
+
+def gemm_rate(rows: int, inner: int, columns: int, dtype: torch.dtype, min_seconds: float = 0.3) -> float:
+    """FLOP/s of (rows x inner) @ (inner x columns) on this machine's device, after a warm-up."""
+    left = torch.randn(rows, inner, dtype=dtype, device=device())
+    right = torch.randn(inner, columns, dtype=dtype, device=device())
+    for _ in range(2):  # oneDNN and cuBLAS choose and build their kernel on the first calls
+        torch.matmul(left, right)
+    repeats = 1
+    while True:
+        synchronize()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.matmul(left, right)
+        synchronize()
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds:
+            return 2 * rows * inner * columns * repeats / elapsed
+        repeats *= 2
+
+
+class StepClock(TrainerCallback):
+    """Wall time at the end of every optimizer step. Timing starts after the first step, which pays for kernel
+    selection and first allocations, and leaves out the Trainer's set-up; the steps' own overhead stays in. The
+    median step stands for the run, so a burst of load from another process moves it less than the mean."""
+
+    def __init__(self) -> None:
+        self.step_ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        synchronize()
+        self.step_ends.append(time.perf_counter())
+
+    def seconds_per_step(self) -> float:
+        return statistics.median(end - start for start, end in itertools.pairwise(self.step_ends))
+
+
+def reference_gemms(config, tokens: int) -> list[tuple[int, int, int]]:
+    """GEMMs of the model's shapes at the project's micro-batch (the MLP's c_fc, the head), and on a GPU a large
+    square one too, the usual stand-in for its peak."""
+    shapes = [(tokens, config.n_embd, 4 * config.n_embd), (tokens, config.n_embd, config.vocab_size)]
+    return [*shapes, (8192, 8192, 8192)] if torch.cuda.is_available() else shapes
+
+
+def best_gemm_rates(shapes, best: dict | None = None) -> dict[tuple[int, int, int], dict[torch.dtype, float]]:
+    """fp32 and bf16 FLOP/s of each GEMM shape, each the better of this measurement and `best` (earlier rounds)."""
+    best = best or {}
+    return {
+        shape: {
+            dtype: max(gemm_rate(*shape, dtype), best.get(shape, {}).get(dtype, 0.0))
+            for dtype in (torch.float32, torch.bfloat16)
+        }
+        for shape in shapes
+    }
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Matmul FLOPs per token of one training step (forward and backward), as `training_flops_per_token` counts."""
+
+    forward: float
+    backward: float
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward
+
+
+FLOP_COUNTING = (
+    "FLOPs per token, matmuls only (biases, LayerNorm, softmax, GELU, the optimizer and embedding lookups are "
+    "left out): a block holds 12·d² matmul weights (c_attn 3d², attn proj d², c_fc 4d², mlp proj 4d²), the head "
+    "V·d; attention adds 4·T·d per block (QKᵀ and PV over the full T×T, as Chinchilla's appendix counts). Forward "
+    "= 2·(L·12d² + V·d) + L·4Td. Backward = 2·weights for the activation gradient of every matmul that backward "
+    "passes through, plus 2·weights for the weight gradient of every trainable one (+ 8Td per block passed). The "
+    "path comes from requires_grad: a trainable input embedding (tied head) sends backward through all L blocks; "
+    "otherwise it stops at the lowest trainable block. Pad tokens are counted: they cost the same. "
+    "GPT-2 small, 1 block, T=128, MFLOP/token: tied 252 + 348 = 600, untied 252 + 184 = 435, frozen "
+    "252 + 106 = 358."
+)
+
+
+def training_flops_per_token(model, seq_len: int, cached_prefix_blocks: int = 0) -> FlopCount:
+    """Matmul FLOPs per token of one forward+backward of a GPT-2 LM under its current requires_grad flags.
+
+    `cached_prefix_blocks`: leading blocks whose outputs a step reads from a cache (pipeline.prefix_cache) instead
+    of computing; their forward is not counted (backward never reaches them when they are frozen).
+    """
+    config, transformer = model.config, model.transformer
+    block_weights, head_weights = 12 * config.n_embd**2, config.vocab_size * config.n_embd
+    attention = 4 * seq_len * config.n_embd  # per block and token: QKᵀ 2·T·d + PV 2·T·d
+    layers = config.n_layer
+    block_trains = [any(p.requires_grad for p in block.parameters()) for block in transformer.h]
+    embedding_trains = transformer.wte.weight.requires_grad or transformer.wpe.weight.requires_grad
+    # Backward reaches down to the lowest thing that needs a gradient; a trainable embedding lies below every block.
+    lowest_reached = 0 if embedding_trains else next((i for i, trains in enumerate(block_trains) if trains), layers)
+    blocks_reached = layers - lowest_reached
+    head_needs_input_grad = embedding_trains or any(block_trains) or transformer.ln_f.weight.requires_grad
+    blocks_run = layers - cached_prefix_blocks
+    forward = 2 * (blocks_run * block_weights + head_weights) + blocks_run * attention
+    backward = 2 * head_weights * (int(model.lm_head.weight.requires_grad) + int(head_needs_input_grad))
+    backward += blocks_reached * (2 * block_weights + 2 * attention) + sum(block_trains) * 2 * block_weights
+    return FlopCount(float(forward), float(backward))
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub table; every column after the first is right-aligned (they hold numbers)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,279 @@
+"""Train benchmark: the original script's way of training against this project's train stage, GPT-2 small shapes.
+
+    python -m bench.train_bench [--steps N] [--rounds R] [--threads T]
+
+Every setting trains a random-weights `GPT2Config()` (no download) for one untimed warm-up step and N timed
+optimizer steps, each in its own process, and the table reports tokens/s, useful (non-pad) tokens/s, peak memory
+and the achieved FLOP rate against GEMMs of the model's shapes measured in the same run. A configuration that
+params.yaml can express is one more entry in SETTINGS; one that changes how the stage builds its Trainer (the cached
+frozen prefix of pipeline/prefix_cache.py, once train.py uses it) also needs its branch in `train_setting`, which
+passes `cached_prefix_blocks` to the FLOP count.
+
+On a machine that others are using, `--rounds 2` runs the settings in turn twice and keeps each one's faster round,
+and `--threads 1` stops torch's two threads from waiting on each other at every op whenever another process holds
+a core (that made small steps up to 30x slower here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+from bench import measure, workload
+from pipeline.cli import configure_logging
+from pipeline.freeze import apply_freeze_policy, count_parameters
+from pipeline.params import FreezeParams, Params, TokenizeParams, TrainParams
+from pipeline.prefix_cache import tail_training
+from pipeline.train import bf16_supported, causal_lm_batch, training_arguments
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = 10
+"""Timed optimizer steps per setting; with the warm-up step and process start-ups, the four settings take about 3
+minutes on 2 cores (steps of 2-3 s each), the eval benchmark 2-3 more."""
+CORPUS_WORDS = 70_000
+"""Generated training text, the offline profile's train split: about 100k tokens, 3,300 rows."""
+ORIGINAL_BATCH_SIZE, ORIGINAL_GRAD_ACCUM = 1, 4
+"""The original script's micro-batch and gradient accumulation."""
+
+
+@dataclass(frozen=True)
+class TrainSetting:
+    name: str
+    style: Literal["original", "project"]
+    """`original`: the original script's Trainer set-up on padded rows; `project`: the train stage's, on blocks."""
+    freeze: dict[str, object] = field(default_factory=dict)
+    """Changes to params.yaml's `freeze:` defaults (project style)."""
+    train: dict[str, object] = field(default_factory=dict)
+    """Changes to params.yaml's `train:` defaults (project style)."""
+
+
+SETTINGS = (
+    TrainSetting("original-style: rows padded to 64, batch 1 × accum 4, fp32, tied head", "original"),
+    TrainSetting("project defaults: tied head, bf16, 8 × 128 packed", "project"),
+    TrainSetting("project, freeze.head: untied", "project", freeze={"head": "untied"}),
+    TrainSetting("project, freeze.head: frozen", "project", freeze={"head": "frozen"}),
+    TrainSetting(
+        "project, untied head + cached frozen prefix", "project", {"head": "untied"}, {"cache_frozen_prefix": True}
+    ),
+    TrainSetting(
+        "project, frozen head + cached frozen prefix", "project", {"head": "frozen"}, {"cache_frozen_prefix": True}
+    ),
+)
+
+
+def project_params(setting: TrainSetting, total_steps: int) -> Params:
+    """params.yaml's defaults (pipeline.params documents them), with the setting's changes and a step budget."""
+    defaults = Params(**{name: section() for name, section in typing.get_type_hints(Params).items()})
+    return dataclasses.replace(
+        defaults,
+        freeze=dataclasses.replace(defaults.freeze, **setting.freeze),
+        # No checkpoints: their I/O is not what this measures.
+        train=dataclasses.replace(
+            defaults.train, **{**setting.train, "max_steps": total_steps, "checkpoint_steps": None}
+        ),
+    )
+
+
+def original_arguments(scratch: str, total_steps: int) -> TrainingArguments:
+    """The original script's Trainer: batch 1, accumulation 4, fp32, everything else the Trainer's defaults."""
+    return TrainingArguments(
+        output_dir=scratch,
+        per_device_train_batch_size=ORIGINAL_BATCH_SIZE,
+        gradient_accumulation_steps=ORIGINAL_GRAD_ACCUM,
+        max_steps=total_steps,
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="no",
+        report_to="none",
+    )
+
+
+def train_setting(setting: TrainSetting, config: GPT2Config, inputs: dict[str, np.ndarray], steps: int) -> dict:
+    """Worker, run in its own process: train one setting for 1 + `steps` optimizer steps; return its figures.
+
+    `inputs` holds `input_ids` (and, for the original style, the padded rows' `attention_mask`), exactly as many
+    rows as the steps consume, so every row is used once.
+    """
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).to(measure.device())
+    prefix_blocks = 0
+    clock = measure.StepClock()
+    with tempfile.TemporaryDirectory() as scratch:
+        if setting.style == "original":
+            apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=False, head="tied"))
+            use_bf16 = False
+            # The original trained on the pads too: labels are the padded inputs, unmasked.
+            rows = Dataset.from_dict({**inputs, "labels": inputs["input_ids"]}).with_format("torch")
+            trainer = Trainer(
+                model=model, args=original_arguments(scratch, steps + 1), train_dataset=rows, callbacks=[clock]
+            )
+        else:
+            params = project_params(setting, steps + 1)
+            apply_freeze_policy(model, params.freeze)
+            use_bf16 = params.train.bf16 and bf16_supported()
+            blocks = Dataset.from_dict({"input_ids": inputs["input_ids"]}).with_format("torch")
+            trainee, collator = model, causal_lm_batch
+            if params.train.cache_frozen_prefix:  # built before the timed steps: the epochs after the first
+                prefix_blocks = config.n_layer - params.freeze.trainable_blocks
+                trainee, blocks = tail_training(
+                    model, torch.from_numpy(inputs["input_ids"]).long(), params.freeze.trainable_blocks, use_bf16,
+                    Path(scratch) / "prefix", params.train.batch_size,
+                )  # fmt: skip
+                collator = None
+            trainer = Trainer(
+                model=trainee,
+                args=training_arguments(params, scratch, use_bf16),
+                train_dataset=blocks,
+                data_collator=collator,
+                callbacks=[clock],
+            )
+        trainer.train()
+    micro_batch, seq_len = trainer.args.per_device_train_batch_size, inputs["input_ids"].shape[1]
+    tokens_per_step = micro_batch * trainer.args.gradient_accumulation_steps * seq_len
+    return {
+        "setting": setting.name,
+        "precision": "bf16 autocast" if use_bf16 else "fp32",
+        "shape": f"{micro_batch} × {seq_len} × {trainer.args.gradient_accumulation_steps}",
+        "tokens_per_step": tokens_per_step,
+        "seconds_per_step": clock.seconds_per_step(),
+        "flops_per_token": measure.training_flops_per_token(model, seq_len, cached_prefix_blocks=prefix_blocks),
+        "trainable": count_parameters(model).trainable,
+        "peak_rss": measure.peak_rss_bytes(),
+        "peak_gpu": measure.peak_gpu_bytes(),
+    }
+
+
+def setting_inputs(setting: TrainSetting, rows: list[str], tokenizer, steps: int) -> dict[str, np.ndarray]:
+    """Exactly the rows (original style) or blocks (project) that 1 + `steps` optimizer steps consume."""
+    if setting.style == "original":
+        count = (steps + 1) * ORIGINAL_BATCH_SIZE * ORIGINAL_GRAD_ACCUM
+        return workload.padded_rows(workload.sample_rows(rows, count, seed=0), tokenizer)
+    params = project_params(setting, steps + 1)
+    count = (steps + 1) * params.train.batch_size * params.train.grad_accum_steps
+    blocks = workload.packed_blocks(rows, tokenizer, params.tokenize.block_size)
+    return {"input_ids": np.resize(blocks, (count, blocks.shape[1]))}  # wraps round if the text runs out
+
+
+def useful_fraction(setting: TrainSetting, rows: list[str], tokenizer) -> float:
+    """Share of a step's tokens that are text. The original style draws its rows at random, so a step holds on
+    average the share of all generated rows (steadier than the few rows a short run draws); blocks are all text."""
+    if setting.style == "original":
+        return float(workload.padded_rows(rows, tokenizer)["attention_mask"].mean())
+    return 1.0
+
+
+def run_benchmark(
+    config: GPT2Config, steps: int, settings=SETTINGS, corpus_words: int = CORPUS_WORDS, rounds: int = 1
+) -> dict:
+    """Every setting in its own process, then the GEMM rates, `rounds` times in turn; each setting keeps its
+    fastest round and each GEMM its best rate, so drift in the machine's load hits all of them alike. Returns the
+    figures `format_report` prints."""
+    rows = workload.synthetic_rows(corpus_words, seed=0)
+    tokenizer = workload.synthetic_tokenizer(rows)
+    inputs = {setting.name: setting_inputs(setting, rows, tokenizer, steps) for setting in settings}
+    shapes = measure.reference_gemms(config, TrainParams().batch_size * TokenizeParams().block_size)
+    fastest: dict[str, dict] = {}
+    gemms: dict = {}
+    for round_number in range(1, rounds + 1):
+        for setting in settings:
+            log.info("round %d of %d: training %s for 1 + %d steps", round_number, rounds, setting.name, steps)
+            result = measure.run_isolated(train_setting, setting, config, inputs[setting.name], steps)
+            if setting.name not in fastest or result["seconds_per_step"] < fastest[setting.name]["seconds_per_step"]:
+                fastest[setting.name] = result
+        gemms = measure.best_gemm_rates(shapes, gemms)
+    results = [{**fastest[s.name], "useful_fraction": useful_fraction(s, rows, tokenizer)} for s in settings]
+    return {"steps": steps, "rounds": rounds, "results": results, "gemms": gemms}
+
+
+def format_report(report: dict) -> str:
+    """The markdown README's "Performance" section takes: settings, GEMM rates, and how FLOPs were counted."""
+    results, gemms = report["results"], report["gemms"]
+    best_of = f", best of {report['rounds']} rounds" if report["rounds"] > 1 else ""
+    bf16_reference = max(rates[torch.bfloat16] for rates in gemms.values())
+    baseline = next((r for r in results if r["setting"].startswith("original")), results[0])
+    baseline_useful = baseline["tokens_per_step"] * baseline["useful_fraction"] / baseline["seconds_per_step"]
+    rows, ratios = [], []
+    for result in results:
+        tokens_per_s = result["tokens_per_step"] / result["seconds_per_step"]
+        useful_per_s = tokens_per_s * result["useful_fraction"]
+        flops_per_s = result["flops_per_token"].total * tokens_per_s
+        peak_gpu = f" (GPU {result['peak_gpu'] / measure.GIB:.2f})" if result["peak_gpu"] is not None else ""
+        ratios.append(useful_per_s / baseline_useful)
+        rows.append(
+            [
+                result["setting"],
+                result["precision"],
+                result["shape"],
+                f"{result['trainable']:,}",
+                f"{tokens_per_s:,.0f}",
+                f"{useful_per_s:,.0f}",
+                f"{useful_per_s / baseline_useful:.1f}×",
+                f"{result['peak_rss'] / measure.GIB:.2f}{peak_gpu}",
+                f"{result['flops_per_token'].forward / 1e6:.0f} + {result['flops_per_token'].backward / 1e6:.0f}",
+                f"{flops_per_s / 1e9:,.0f}",
+                f"{100 * flops_per_s / bf16_reference:.0f}%",
+            ]
+        )
+    headers = [
+        "setting",
+        "precision",
+        "batch × seq × accum",
+        "trainable params",
+        "tokens/s",
+        "useful tokens/s",
+        "useful vs original",
+        "peak RSS GiB",
+        "MFLOP/token fwd + bwd",
+        "GFLOP/s",
+        "of bf16 GEMM",
+    ]
+    gemm_rows = [
+        [" × ".join(str(n) for n in shape), f"{rates[torch.float32] / 1e9:,.0f}", f"{rates[torch.bfloat16] / 1e9:,.0f}"]
+        for shape, rates in gemms.items()
+    ]
+    at_wikitext = baseline["useful_fraction"] / workload.WIKITEXT_TEXT_FRACTION
+    others = [ratio for ratio, result in zip(ratios, results, strict=True) if result is not baseline]
+    wikitext_ratios = ", ".join(f"{ratio * at_wikitext:.1f}×" for ratio in others)
+    return "\n\n".join(
+        [
+            f"**Training**, GPT-2 small shapes (random weights), {report['steps']} timed optimizer steps (median step "
+            f"time) after 1 warm-up step per setting, each setting in its own process{best_of}. "
+            f"Machine: {measure.machine_description()}.",
+            measure.markdown_table(headers, rows),
+            f"Useful tokens are non-pad tokens: the original-style rows are {100 * baseline['useful_fraction']:.0f}% "
+            "text (generated Wikitext-shaped rows, a third of them empty, padded or cut to 64); packed blocks are all "
+            f"text. Wikitext-2's rows hold more ({100 * workload.WIKITEXT_TEXT_FRACTION:.0f}%, longer paragraphs): "
+            f"against an original-style run on them, the other rows' ratios would be {wikitext_ratios}. "
+            '"of bf16 GEMM" is the achieved FLOP rate over the best bf16 GEMM rate below, measured in the same run.',
+            measure.markdown_table(["GEMM (tokens × in × out)", "fp32 GFLOP/s", "bf16 GFLOP/s"], gemm_rows),
+            measure.FLOP_COUNTING,
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="timed optimizer steps per setting")
+    parser.add_argument("--rounds", type=int, default=1, help="run every setting this many times, keep the fastest")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:
+        parser.error("--steps and --rounds must be at least 1")
+    configure_logging()
+    measure.use_threads(args.threads)
+    print(format_report(run_benchmark(GPT2Config(), args.steps, rounds=args.rounds)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The benchmarks (bench/) run end to end on a tiny GPT-2 and report well-formed figures; no timing is asserted."""
+
+import math
+import re
+
+import pytest
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from bench import eval_bench, measure, train_bench, workload
+from pipeline.freeze import apply_freeze_policy
+from pipeline.params import FreezeParams
+from pipeline.train import bf16_supported
+
+# Worked out by hand for the tiny config (n_layer=2, n_embd=32, vocab 100) at T=16: a block's matmul weights
+# 12·32² = 12,288, the head's 100·32 = 3,200, attention 4·16·32 = 2,048 per block and token.
+TINY_FORWARD = 2 * (2 * 12_288 + 3_200) + 2 * 2_048  # 59,648
+BLOCK_PASSED = 2 * 12_288 + 2 * 2_048  # activation gradient of a block's matmuls and its attention: 28,672
+BLOCK_WEIGHT_GRAD = 2 * 12_288
+
+
+@pytest.mark.parametrize(
+    ("head", "trainable_blocks", "backward"),
+    [
+        # head weight + activation gradients, both blocks passed (the embedding trains), one block's weights
+        ("tied", 1, 2 * 3_200 * 2 + 2 * BLOCK_PASSED + BLOCK_WEIGHT_GRAD),  # 94,720
+        # the same head, but backward stops at the trainable block
+        ("untied", 1, 2 * 3_200 * 2 + BLOCK_PASSED + BLOCK_WEIGHT_GRAD),  # 66,048
+        # only the head's activation gradient
+        ("frozen", 1, 2 * 3_200 + BLOCK_PASSED + BLOCK_WEIGHT_GRAD),  # 59,648
+        ("frozen", 2, 2 * 3_200 + 2 * BLOCK_PASSED + 2 * BLOCK_WEIGHT_GRAD),  # 112,896
+    ],
+)
+def test_flop_count_follows_the_backward_path(tiny_config, head, trainable_blocks, backward):
+    model = GPT2LMHeadModel(tiny_config)
+    apply_freeze_policy(model, FreezeParams(trainable_blocks=trainable_blocks, train_ln_f=False, head=head))
+    flops = measure.training_flops_per_token(model, seq_len=16)
+    assert (flops.forward, flops.backward) == (TINY_FORWARD, backward)
+
+
+def test_flop_count_leaves_out_the_forward_of_a_cached_prefix(tiny_config):
+    model = GPT2LMHeadModel(tiny_config)
+    apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=False, head="untied"))
+    uncached = measure.training_flops_per_token(model, seq_len=16)
+    cached = measure.training_flops_per_token(model, seq_len=16, cached_prefix_blocks=1)
+    assert uncached.forward - cached.forward == 2 * 12_288 + 2_048  # one block's matmuls and attention
+    assert cached.backward == uncached.backward
+
+
+@pytest.mark.parametrize(("head", "mflop_per_token"), [("tied", 600), ("untied", 435), ("frozen", 358)])
+def test_flop_count_on_real_gpt2_small_shapes_matches_the_printed_note(head, mflop_per_token):
+    model = GPT2LMHeadModel(GPT2Config())
+    apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=False, head=head))
+    assert round(measure.training_flops_per_token(model, seq_len=128).total / 1e6) == mflop_per_token
+    assert f"{head} 252 + " in measure.FLOP_COUNTING and f"= {mflop_per_token}" in measure.FLOP_COUNTING
+
+
+def test_original_rows_are_padded_with_eos_and_cut_to_64():
+    rows = workload.synthetic_rows(3_000, seed=0)
+    tokenizer = workload.synthetic_tokenizer(rows)
+    long_row = " ".join(["word"] * 200) + "\n"
+    padded = workload.padded_rows(["", "short row\n", long_row], tokenizer)
+    assert padded["input_ids"].shape == (3, 64)
+    assert padded["attention_mask"][0].sum() == 0 and (padded["input_ids"][0] == tokenizer.eos_token_id).all()
+    assert 0 < padded["attention_mask"][1].sum() < 64 and padded["attention_mask"][2].sum() == 64
+    assert len(workload.packed_blocks(workload.rows_for_blocks(rows, tokenizer, 3, 128), tokenizer, 128)) == 3
+
+
+@pytest.fixture(scope="module")
+def bench_config() -> GPT2Config:
+    """Tiny, but with the synthetic tokenizer's 1,024 ids and room for the project's 128-token blocks."""
+    return GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=1024, n_positions=128, bos_token_id=0, eos_token_id=0)
+
+
+@pytest.mark.slow
+def test_train_benchmark_reports_every_setting(bench_config):
+    report = train_bench.run_benchmark(bench_config, steps=1, corpus_words=5_000)
+    results = {result["setting"]: result for result in report["results"]}
+    assert list(results) == [setting.name for setting in train_bench.SETTINGS]
+    original, defaults, untied, frozen, untied_cached, frozen_cached = results.values()
+    assert (original["tokens_per_step"], original["precision"]) == (1 * 64 * 4, "fp32")
+    assert 0 < original["useful_fraction"] < 1  # the padded rows are part text, part eos
+    for project in (defaults, untied, frozen, untied_cached, frozen_cached):
+        assert (project["tokens_per_step"], project["useful_fraction"]) == (8 * 128, 1.0)
+        assert project["precision"] == ("bf16 autocast" if bf16_supported() else "fp32")
+    for result in results.values():
+        assert math.isfinite(result["seconds_per_step"]) and result["seconds_per_step"] > 0
+        assert result["peak_rss"] > 0
+    # Backward goes through every block with the tied head, stops at the last block untied, skips the head frozen.
+    assert defaults["flops_per_token"].total > untied["flops_per_token"].total > frozen["flops_per_token"].total
+    assert defaults["trainable"] == untied["trainable"] > frozen["trainable"]
+    # A cached prefix skips the frozen blocks' forward: fewer FLOPs per token for the same trainable parameters.
+    assert untied["flops_per_token"].total > untied_cached["flops_per_token"].total
+    assert frozen["flops_per_token"].total > frozen_cached["flops_per_token"].total
+    assert untied_cached["trainable"] == untied["trainable"]
+    text = train_bench.format_report(report)
+    assert all(f"| {name} |" in text for name in results)
+    assert not re.search(r"\b(nan|inf)\b", text) and "| 1.0× |" in text  # the baseline against itself
+
+
+@pytest.mark.slow
+def test_eval_benchmark_reports_both_styles_at_two_sizes(bench_config):
+    report = eval_bench.run_benchmark(bench_config, blocks=1, corpus_words=5_000)
+    runs = report["runs"]
+    assert [(run["blocks"], run["setting"].split(":")[0]) for run in runs] == [
+        (1, "original-style"),
+        (1, "evaluate stage"),
+        (4, "original-style"),
+        (4, "evaluate stage"),
+    ]
+    for original, stage in (runs[:2], runs[2:]):
+        assert original["shape"] == f"{original['rows']} × 64" and original["tokens"] == 64 * original["rows"]
+        assert 0 < original["useful_tokens"] < original["tokens"]
+        assert stage["tokens"] == stage["useful_tokens"] == 128 * stage["blocks"]
+    assert all(run["seconds"] > 0 and run["peak_rss"] > 0 for run in runs)
+    assert "Peak RSS with 4x the eval set" in eval_bench.format_report(report)
