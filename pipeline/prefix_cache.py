@@ -106,6 +106,18 @@ class FrozenPrefixTail(nn.Module):
         self.prefix_blocks = prefix_blocks
         self.config = model.config  # the Trainer reads it
 
+    def state_dict(self, *args, **kwargs):
+        """The wrapped model's own keys, so the Trainer's checkpoints of the tail load into GPT2LMHeadModel; a tied
+        head is stored once, as `save_pretrained` stores it (safetensors refuses shared tensors)."""
+        state = self.model.state_dict(*args, **kwargs)
+        if self.model.lm_head.weight is self.model.transformer.wte.weight:
+            state.pop("lm_head.weight", None)
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # Not strict: a tied head is missing from the file and comes back as `wte`.
+        return self.model.load_state_dict(state_dict, strict=False, assign=assign)
+
     def forward(self, prefix_hidden_states: torch.Tensor, labels: torch.Tensor, **loss_kwargs) -> CausalLMOutput:
         # `loss_kwargs` carries the Trainer's `num_items_in_batch`, so the loss is normalised exactly as the
         # whole model's would be (the Trainer looks for **kwargs in forward's signature to decide).

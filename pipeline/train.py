@@ -1,32 +1,39 @@
 """Stage 3, train: fine-tune the pretrained model with the freeze policy, on packed blocks, with the HF Trainer.
 
 Writes the fine-tuned model (safetensors, config, tokenizer), the training curve for `dvc plots`, and the
-parameter accounting; logs all of it to MLflow.
+parameter accounting; logs all of it to MLflow. Checkpoints go to `--checkpoints` (see pipeline/checkpoints.py):
+a rerun after a crash, a kill -9 or a SIGINT/SIGTERM resumes from the newest complete one of the same
+configuration and ends with the outputs an unbroken run would have written.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import TrainOutput
+from transformers import TrainingArguments, set_seed
 
+from pipeline.checkpoints import STEP_LOG, CheckpointStore, base_model_identity, checkpoint_key
 from pipeline.cli import exit_on_user_error
-from pipeline.corpus import read_splits
+from pipeline.corpus import read_splits, split_path
 from pipeline.errors import UserError
 from pipeline.files import atomic_dir, write_json, write_text_atomic
 from pipeline.freeze import apply_freeze_policy, count_parameters, format_parameter_table
 from pipeline.loading import load_config, load_model, load_tokenizer
 from pipeline.params import Params, load_params
+from pipeline.prefix_cache import prefix_is_frozen, tail_training
+from pipeline.resumable import CheckpointCallback, RecordingTrainer, StepLog, load_final_weights, training_finished
+from pipeline.signals import deferred_signals
 from pipeline.tracking import StageRun, stage_run
 
 log = logging.getLogger(__name__)
+
+# Beside the checkpoints, outside DVC's outputs: the cached frozen-prefix outputs, reused by every rerun whose
+# prefix weights and data are the same (see pipeline/prefix_cache.py).
+PREFIX_CACHE_DIR = Path(".cache/frozen_prefix")
 
 
 def bf16_supported() -> bool:
@@ -42,39 +49,10 @@ def causal_lm_batch(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.
     return {"input_ids": input_ids, "labels": input_ids}
 
 
-class CurveRecorder(TrainerCallback):
-    """Collects (step, loss, learning rate) and throughput at every logging step, and streams them to MLflow."""
-
-    def __init__(self, tokens_per_step: int, run: StageRun) -> None:
-        self.tokens_per_step = tokens_per_step
-        self.run = run
-        self.curve: list[dict[str, float]] = []
-        self.throughput: list[dict[str, float]] = []
-        self._last_time = time.perf_counter()
-        self._last_step = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last_time, self._last_step = time.perf_counter(), state.global_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
-            return
-        now = time.perf_counter()
-        tokens_per_s = (state.global_step - self._last_step) * self.tokens_per_step / max(now - self._last_time, 1e-9)
-        self._last_time, self._last_step = now, state.global_step
-        point = {"step": state.global_step, "loss": logs["loss"], "learning_rate": logs["learning_rate"]}
-        self.curve.append(point)
-        self.throughput.append({"step": state.global_step, "tokens_per_s": round(tokens_per_s, 1)})
-        self.run.log_metrics(
-            {"loss": point["loss"], "learning_rate": point["learning_rate"], "tokens_per_s": tokens_per_s},
-            step=state.global_step,
-        )
-
-
-def training_arguments(params: Params, scratch_dir: Path, use_bf16: bool) -> TrainingArguments:
+def training_arguments(params: Params, output_dir: Path, use_bf16: bool) -> TrainingArguments:
     train = params.train
     return TrainingArguments(
-        output_dir=str(scratch_dir),
+        output_dir=str(output_dir),
         per_device_train_batch_size=train.batch_size,
         gradient_accumulation_steps=train.grad_accum_steps,
         learning_rate=train.learning_rate,
@@ -90,7 +68,10 @@ def training_arguments(params: Params, scratch_dir: Path, use_bf16: bool) -> Tra
         data_seed=train.seed,
         full_determinism=train.deterministic,
         logging_steps=train.logging_steps,
-        save_strategy="no",  # the stage saves the final model itself; Trainer checkpoints would hold temp paths
+        # Every checkpoint_steps and, by the Trainer's own rule, at the last step: a run killed while writing its
+        # outputs then resumes with nothing left to train. null still saves one on SIGINT/SIGTERM (CheckpointCallback).
+        save_strategy="steps" if train.checkpoint_steps else "no",
+        save_steps=train.checkpoint_steps or 1,
         eval_strategy="no",  # evaluation is its own stage, with the base model on the same blocks
         report_to="none",  # MLflow logging is the stage's, grouped per pipeline execution
         dataloader_num_workers=0,  # blocks are in memory already; worker processes only add start-up time
@@ -98,23 +79,52 @@ def training_arguments(params: Params, scratch_dir: Path, use_bf16: bool) -> Tra
 
 
 def train(
-    params: Params, model, blocks: Dataset, run: StageRun, scratch_dir: Path
-) -> tuple[CurveRecorder, TrainOutput]:
-    """Train `model` in place on `blocks`; return the recorded curve and the Trainer's summary."""
-    use_bf16 = params.train.bf16 and bf16_supported()
-    if params.train.bf16 and not use_bf16:
-        log.warning("train.bf16 is true but this hardware has no bf16 arithmetic: training in fp32")
-    run.set_tags({"train.precision": "bf16-autocast" if use_bf16 else "fp32"})
+    params: Params,
+    model,
+    blocks: Dataset,
+    run: StageRun,
+    store: CheckpointStore,
+    use_bf16: bool,
+    prefix_cache_dir: Path,
+) -> tuple[StepLog, list[dict[str, float]]]:
+    """Train `model` in place on `blocks`, from the newest usable checkpoint of `store` if there is one.
+
+    Returns the step log of the whole run (resumed parts included) and this process's throughput points.
+    SIGINT/SIGTERM stop it after the current step with a checkpoint, then raise `Interrupted`. With
+    `train.cache_frozen_prefix` and a frozen prefix, the Trainer trains only the tail, on cached prefix outputs.
+    """
+    resume_from = store.resume_point()
+    step_log = StepLog.read(resume_from / STEP_LOG) if resume_from else StepLog()
+    if resume_from:
+        log.info("resuming from %s (step %d)", resume_from, len(step_log.losses))
+    run.set_tags({"checkpoint.key": store.key, "checkpoint.resumed_from_step": len(step_log.losses)})
+    if resume_from and training_finished(resume_from):
+        load_final_weights(model, resume_from)
+        return step_log, []
+    if params.train.checkpoint_steps:
+        store.ensure_room(model)  # fail now, not after the first hour
     block_size = len(blocks[0]["input_ids"])
-    recorder = CurveRecorder(params.train.batch_size * params.train.grad_accum_steps * block_size, run)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(params, scratch_dir, use_bf16),
-        train_dataset=blocks.with_format("torch"),
-        data_collator=causal_lm_batch,
-        callbacks=[recorder],
-    )
-    return recorder, trainer.train()
+    tokens_per_step = params.train.batch_size * params.train.grad_accum_steps * block_size
+    trainee, dataset, collator = model, blocks.with_format("torch"), causal_lm_batch
+    if params.train.cache_frozen_prefix and prefix_is_frozen(params.freeze):
+        input_ids = blocks.with_format("torch")[:]["input_ids"]
+        trainee, dataset = tail_training(
+            model, input_ids, params.freeze.trainable_blocks, use_bf16, prefix_cache_dir, params.train.batch_size
+        )
+        collator = None  # the Trainer's default stacks the dataset's tensors
+    run.set_tags({"train.frozen_prefix_cached": str(trainee is not model).lower()})
+    with deferred_signals() as stop:
+        callback = CheckpointCallback(step_log, store, stop, run, params.train.logging_steps, tokens_per_step)
+        trainer = RecordingTrainer(
+            model=trainee,
+            args=training_arguments(params, store.staging, use_bf16),
+            train_dataset=dataset,
+            data_collator=collator,
+            callbacks=[callback],
+            step_log=step_log,
+        )
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return step_log, callback.throughput
 
 
 def check_vocabulary(model, tokenizer, blocks: Dataset) -> None:
@@ -136,10 +146,20 @@ def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
+def choose_precision(params: Params, run: StageRun) -> bool:
+    """Whether to train with bf16 autocast: asked for and supported by the hardware."""
+    use_bf16 = params.train.bf16 and bf16_supported()
+    if params.train.bf16 and not use_bf16:
+        log.warning("train.bf16 is true but this hardware has no bf16 arithmetic: training in fp32")
+    run.set_tags({"train.precision": "bf16-autocast" if use_bf16 else "fp32"})
+    return use_bf16
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--tokenized", type=Path, required=True, help="folder of packed <split>.parquet")
+    parser.add_argument("--checkpoints", type=Path, required=True, help="folder for resumable state (not an output)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned model")
     parser.add_argument("--curve", type=Path, required=True, help="CSV of step, loss, learning_rate")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON of final loss and parameter counts")
@@ -153,27 +173,32 @@ def main(argv: list[str] | None = None) -> None:
             tokenizer = load_tokenizer(params.model.name_or_path)
             model = load_model(params.model.name_or_path)
             check_vocabulary(model, tokenizer, blocks)
+            base_model = base_model_identity(params.model.name_or_path, model.config)
             apply_freeze_policy(model, params.freeze)
             counts = count_parameters(model)
-            table = format_parameter_table(counts, params.freeze.head)
-            log.info("parameters:\n%s", table)
+            log.info("parameters:\n%s", format_parameter_table(counts, params.freeze.head))
             run.log_metrics(counts.as_metrics())
             run.log_group_metrics(counts.as_metrics())
             run.set_tags({"freeze.head_mode": params.freeze.head})
-            with tempfile.TemporaryDirectory() as scratch:
-                recorder, result = train(params, model, blocks, run, Path(scratch))
-            with atomic_dir(args.out) as staging:
-                model.save_pretrained(staging)
-                tokenizer.save_pretrained(staging)
-            write_curve(args.curve, recorder.curve)
-            # Throughput is a timing: it lives beside the outputs, not in them (see dvc.yaml's top-level plots).
-            write_curve(args.curve.with_name("train_throughput.csv"), recorder.throughput)
-            summary = {"train_loss": result.training_loss, "steps": result.global_step}
-            write_json(args.metrics, {**summary, "parameters": counts.as_json()})
-            run.log_metrics(summary)
+            use_bf16 = choose_precision(params, run)
+            key = checkpoint_key(params, split_path(args.tokenized, "train"), base_model, str(use_bf16))
+            store = CheckpointStore(args.checkpoints, key, params.train.keep_checkpoints)
+            with store.claimed():
+                prefix_cache_dir = args.checkpoints.parent / PREFIX_CACHE_DIR
+                step_log, throughput = train(params, model, blocks, run, store, use_bf16, prefix_cache_dir)
+                with atomic_dir(args.out) as staging:
+                    model.save_pretrained(staging)
+                    tokenizer.save_pretrained(staging)
+                write_curve(args.curve, step_log.curve(params.train.logging_steps))
+                # Throughput is a timing: it lives beside the outputs, not in them (see dvc.yaml's top-level plots).
+                write_curve(args.curve.with_name("train_throughput.csv"), throughput)
+                summary = {"train_loss": step_log.mean_loss(), "steps": len(step_log.losses)}
+                write_json(args.metrics, {**summary, "parameters": counts.as_json()})
+                run.log_metrics(summary)
+                store.discard()  # the outputs are complete: nothing is left to resume
         print(
             f"trainable {counts.trainable:,} of {counts.total:,} parameters ({params.freeze.head} head); "
-            f"train loss {result.training_loss:.4f} after {result.global_step} steps; model saved to {args.out}"
+            f"train loss {summary['train_loss']:.4f} after {summary['steps']} steps; model saved to {args.out}"
         )
 
 
