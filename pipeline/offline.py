@@ -155,8 +155,12 @@ def write_tiny_model(out_dir: Path, corpus_files: Sequence[Path], seed: int = 0)
         tokenizer.save_pretrained(staging)
     log.info(
         "tiny GPT-2 (%s parameters, vocab %d) pretrained on a %s-token corpus to loss %.3f in %.1f s: %s",
-        f"{model.num_parameters():,}", len(tokenizer), f"{len(token_ids):,}", final_loss,
-        time.perf_counter() - started, out_dir,
+        f"{model.num_parameters():,}",
+        len(tokenizer),
+        f"{len(token_ids):,}",
+        final_loss,
+        time.perf_counter() - started,
+        out_dir,
     )
     return out_dir
 

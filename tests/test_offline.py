@@ -34,8 +34,10 @@ def validation_loss(model: GPT2LMHeadModel, token_ids: list[int], block_size: in
         return model(input_ids=blocks, labels=blocks).loss.item()
 
 
-@pytest.mark.parametrize(("split", "min_words", "max_words"), [("train", 60_000, 80_000),
-                                                               ("validation", 6_000, 8_000), ("test", 6_000, 8_000)])
+@pytest.mark.parametrize(
+    ("split", "min_words", "max_words"),
+    [("train", 60_000, 80_000), ("validation", 6_000, 8_000), ("test", 6_000, 8_000)],
+)
 def test_corpus_has_wikitext_raw_shape(offline_corpus, split, min_words, max_words):
     lines = lines_of(offline_corpus[split])
     text_lines = [line for line in lines if line]
@@ -51,13 +53,17 @@ def test_corpus_has_wikitext_raw_shape(offline_corpus, split, min_words, max_wor
 
 
 def test_splits_hold_different_articles_of_one_kind(offline_corpus):
-    titles = {split: {line for line in lines_of(path) if ARTICLE_HEADING.match(line)}
-              for split, path in offline_corpus.items()}
+    titles = {
+        split: {line for line in lines_of(path) if ARTICLE_HEADING.match(line)}
+        for split, path in offline_corpus.items()
+    }
     assert not titles["train"] & titles["validation"]
     assert not titles["train"] & titles["test"]
     assert not titles["validation"] & titles["test"]
-    sections = {split: {line for line in lines_of(path) if SECTION_HEADING.match(line)}
-                for split, path in offline_corpus.items()}
+    sections = {
+        split: {line for line in lines_of(path) if SECTION_HEADING.match(line)}
+        for split, path in offline_corpus.items()
+    }
     assert sections["validation"] <= sections["train"] and sections["test"] <= sections["train"]
 
 
@@ -120,10 +126,18 @@ def test_overrides_applied_by_dvc_pass_the_params_loader(tmp_path, monkeypatch, 
 
 def test_main_writes_under_root_and_runs_the_printed_command(tmp_path, monkeypatch, capsys):
     built = {}
-    monkeypatch.setattr(offline, "write_tiny_model", lambda out_dir, corpus_files, seed: built.update(
-        out_dir=out_dir, corpus_files=corpus_files))
-    monkeypatch.setattr(subprocess, "run", lambda command, cwd, check: built.update(command=command, cwd=cwd)
-                        or subprocess.CompletedProcess(command, returncode=3))
+    monkeypatch.setattr(
+        offline,
+        "write_tiny_model",
+        lambda out_dir, corpus_files, seed: built.update(out_dir=out_dir, corpus_files=corpus_files),
+    )
+    monkeypatch.setattr(
+        subprocess,
+        "run",
+        lambda command, cwd, check: (
+            built.update(command=command, cwd=cwd) or subprocess.CompletedProcess(command, returncode=3)
+        ),
+    )
 
     with pytest.raises(SystemExit) as exit_info:
         offline.main(["--root", str(tmp_path), "--run"])
