@@ -165,20 +165,27 @@ FLOP_COUNTING = (
     "= 2·(L·12d² + V·d) + L·4Td. Backward = 2·weights for the activation gradient of every matmul that backward "
     "passes through, plus 2·weights for the weight gradient of every trainable one (+ 8Td per block passed). The "
     "path comes from requires_grad: a trainable input embedding (tied head) sends backward through all L blocks; "
-    "otherwise it stops at the lowest trainable block. Pad tokens are counted: they cost the same. "
+    "otherwise it stops at the lowest trainable block. Pad tokens are counted: they cost the same. The project's "
+    "fused loss runs the head on T-1 of every T positions (the last predicts nothing), and is counted so. "
     "GPT-2 small, 1 block, T=128, MFLOP/token: tied 252 + 348 = 600, untied 252 + 184 = 435, frozen "
     "252 + 106 = 358."
 )
 
 
-def training_flops_per_token(model, seq_len: int, cached_prefix_blocks: int = 0) -> FlopCount:
+def training_flops_per_token(
+    model, seq_len: int, cached_prefix_blocks: int = 0, head_skips_last_position: bool = False
+) -> FlopCount:
     """Matmul FLOPs per token of one forward+backward of a GPT-2 LM under its current requires_grad flags.
 
     `cached_prefix_blocks`: leading blocks whose outputs a step reads from a cache (pipeline.prefix_cache) instead
     of computing; their forward is not counted (backward never reaches them when they are frozen).
+    `head_skips_last_position`: the head runs on T-1 of every T positions (pipeline.linear_cross_entropy leaves out
+    the last, which predicts nothing), so it is counted for (T-1)/T of the tokens.
     """
     config, transformer = model.config, model.transformer
     block_weights, head_weights = 12 * config.n_embd**2, config.vocab_size * config.n_embd
+    if head_skips_last_position:
+        head_weights = head_weights * (seq_len - 1) / seq_len
     attention = 4 * seq_len * config.n_embd  # per block and token: QKᵀ 2·T·d + PV 2·T·d
     layers = config.n_layer
     block_trains = [any(p.requires_grad for p in block.parameters()) for block in transformer.h]

@@ -5,9 +5,9 @@
 Every setting trains a random-weights `GPT2Config()` (no download) for one untimed warm-up step and N timed
 optimizer steps, each in its own process, and the table reports tokens/s, useful (non-pad) tokens/s, peak memory
 and the achieved FLOP rate against GEMMs of the model's shapes measured in the same run. A configuration that
-params.yaml can express is one more entry in SETTINGS; one that changes how the stage builds its Trainer (the cached
-frozen prefix of pipeline/prefix_cache.py, once train.py uses it) also needs its branch in `train_setting`, which
-passes `cached_prefix_blocks` to the FLOP count.
+params.yaml can express is one more entry in SETTINGS; `train_setting` builds the Trainer as the train stage does
+(pipeline/trainee.py, and the cached frozen prefix of pipeline/prefix_cache.py) and passes `cached_prefix_blocks` to
+the FLOP count.
 
 On a machine that others are using, `--rounds 2` runs the settings in turn twice and keeps each one's faster round,
 and `--threads 1` stops torch's two threads from waiting on each other at every op whenever another process holds
@@ -36,6 +36,7 @@ from pipeline.freeze import apply_freeze_policy, count_parameters
 from pipeline.params import FreezeParams, Params, TokenizeParams, TrainParams
 from pipeline.prefix_cache import tail_training
 from pipeline.train import bf16_supported, causal_lm_batch, training_arguments
+from pipeline.trainee import WholeModelTrainee
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,10 @@ def train_setting(setting: TrainSetting, config: GPT2Config, inputs: dict[str, n
         else:
             params = project_params(setting, steps + 1)
             apply_freeze_policy(model, params.freeze)
+            model.set_attn_implementation(params.train.attention)
             use_bf16 = params.train.bf16 and bf16_supported()
             blocks = Dataset.from_dict({"input_ids": inputs["input_ids"]}).with_format("torch")
-            trainee, collator = model, causal_lm_batch
+            trainee, collator = WholeModelTrainee(model), causal_lm_batch
             if params.train.cache_frozen_prefix:  # built before the timed steps: the epochs after the first
                 prefix_blocks = config.n_layer - params.freeze.trainable_blocks
                 trainee, blocks = tail_training(
@@ -147,7 +149,9 @@ def train_setting(setting: TrainSetting, config: GPT2Config, inputs: dict[str, n
         "shape": f"{micro_batch} × {seq_len} × {trainer.args.gradient_accumulation_steps}",
         "tokens_per_step": tokens_per_step,
         "seconds_per_step": clock.seconds_per_step(),
-        "flops_per_token": measure.training_flops_per_token(model, seq_len, cached_prefix_blocks=prefix_blocks),
+        "flops_per_token": measure.training_flops_per_token(
+            model, seq_len, cached_prefix_blocks=prefix_blocks, head_skips_last_position=setting.style == "project"
+        ),
         "trainable": count_parameters(model).trainable,
         "peak_rss": measure.peak_rss_bytes(),
         "peak_gpu": measure.peak_gpu_bytes(),

@@ -34,8 +34,9 @@ from pipeline.params import Params
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
-"""Part of the key: bump it when what a checkpoint holds changes, so older checkpoints stop matching."""
+CHECKPOINT_FORMAT = 2
+"""Part of the key: bump it when what a checkpoint holds, or what training computes from the same params, changes,
+so older checkpoints stop matching (2: fused head loss, no dropout in frozen blocks)."""
 MARKER = "complete.json"
 STEP_LOG = "step_log.json"
 # Without any of these the Trainer would resume silently from a weaker state (fresh optimizer, unseeded RNG).

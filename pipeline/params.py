@@ -118,12 +118,18 @@ class TrainParams:
     bf16: bool = True
     """bf16 autocast with fp32 master weights where the hardware supports it (about 2x on an AVX512-BF16 CPU);
     ignored, with a warning, where it does not."""
+    attention: Literal["eager", "sdpa"] = "eager"
+    """Attention kernel while training (transformers' `attn_implementation`). At 128-token blocks on CPU, `eager`
+    made a tied-head step of GPT-2 small 11% faster than `sdpa`, whose fused backward is slow at short sequences;
+    from about 512 tokens `sdpa` is faster and saves memory (eager keeps every T x T attention map). On a GPU use
+    `sdpa`. The evaluate stage always uses the model's default."""
     logging_steps: int = 10
     """Optimizer steps between points of the training curve."""
     cache_frozen_prefix: bool = False
     """With head `untied` or `frozen`, compute the frozen embedding + blocks once and train the tail on their
-    cached output (dropout off in the frozen part). Same loss as uncached; costs tokens x n_embd x 4 bytes on disk
-    (7.4 GB for Wikitext-2 train on GPT-2 small), so it is opt-in. Ignored with the `tied` head."""
+    cached output (frozen blocks run without dropout either way, pipeline/trainee.py). Same loss as uncached;
+    costs tokens x n_embd x 4 bytes on disk (7.4 GB for Wikitext-2 train on GPT-2 small), so it is opt-in.
+    Ignored with the `tied` head."""
     deterministic: bool = True
     """`torch.use_deterministic_algorithms` (the Trainer's `full_determinism`): reruns on the same machine and
     thread count give bitwise-identical weights; README's "Reproducibility" gives its measured cost."""

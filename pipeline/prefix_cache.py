@@ -26,8 +26,12 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import CausalLMOutput
 
 from pipeline.params import FreezeParams
+from pipeline.trainee import Trainee
 
 log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 2
+"""Part of the cache key: bump it when how the prefix is computed changes (2: the trainee's fused GELU)."""
 
 
 def prefix_is_frozen(policy: FreezeParams) -> bool:
@@ -71,7 +75,7 @@ def compute_prefix(
 
 def cache_key(model: GPT2LMHeadModel, input_ids: torch.Tensor, prefix_blocks: int, bf16: bool) -> str:
     """Hash of exactly what determines the prefix's output: its weights, the tokens, its depth and precision."""
-    digest = hashlib.sha256(f"{prefix_blocks}:{bf16}".encode())
+    digest = hashlib.sha256(f"{CACHE_FORMAT}:{prefix_blocks}:{bf16}".encode())
     prefix = [model.transformer.wte, model.transformer.wpe, *model.transformer.h[:prefix_blocks]]
     for module in prefix:
         for tensor in module.state_dict().values():
@@ -97,35 +101,17 @@ def cached_prefix(
     return hidden_states
 
 
-class FrozenPrefixTail(nn.Module):
+class FrozenPrefixTail(Trainee):
     """The trainable tail of `model`, fed cached prefix outputs instead of token ids; shares `model`'s weights."""
 
     def __init__(self, model: GPT2LMHeadModel, prefix_blocks: int) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.prefix_blocks = prefix_blocks
-        self.config = model.config  # the Trainer reads it
-
-    def state_dict(self, *args, **kwargs):
-        """The wrapped model's own keys, so the Trainer's checkpoints of the tail load into GPT2LMHeadModel; a tied
-        head is stored once, as `save_pretrained` stores it (safetensors refuses shared tensors)."""
-        state = self.model.state_dict(*args, **kwargs)
-        if self.model.lm_head.weight is self.model.transformer.wte.weight:
-            state.pop("lm_head.weight", None)
-        return state
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        # Not strict: a tied head is missing from the file and comes back as `wte`.
-        return self.model.load_state_dict(state_dict, strict=False, assign=assign)
 
     def forward(self, prefix_hidden_states: torch.Tensor, labels: torch.Tensor, **loss_kwargs) -> CausalLMOutput:
-        # `loss_kwargs` carries the Trainer's `num_items_in_batch`, so the loss is normalised exactly as the
-        # whole model's would be (the Trainer looks for **kwargs in forward's signature to decide).
         transformer = self.model.transformer
         hidden = run_blocks(self.model, prefix_hidden_states, transformer.h[self.prefix_blocks :])
-        logits = self.model.lm_head(transformer.ln_f(hidden))
-        loss = self.model.loss_function(logits, labels, vocab_size=self.config.vocab_size, **loss_kwargs)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return self.loss(transformer.ln_f(hidden), labels, loss_kwargs)
 
 
 class PrefixDataset(torch.utils.data.Dataset):
@@ -146,5 +132,6 @@ def tail_training(
 ) -> tuple[FrozenPrefixTail, PrefixDataset]:
     """What the Trainer trains instead of the whole model: the tail, and a dataset of cached prefix outputs."""
     prefix_blocks = len(model.transformer.h) - trainable_blocks
+    tail = FrozenPrefixTail(model, prefix_blocks)  # first: the prefix then runs with the trainee's activation
     hidden_states = cached_prefix(model, input_ids, prefix_blocks, batch_size, bf16, cache_dir)
-    return FrozenPrefixTail(model, prefix_blocks), PrefixDataset(hidden_states, input_ids)
+    return tail, PrefixDataset(hidden_states, input_ids)

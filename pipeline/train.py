@@ -28,12 +28,15 @@ from pipeline.prefix_cache import prefix_is_frozen, tail_training
 from pipeline.resumable import CheckpointCallback, RecordingTrainer, StepLog, load_final_weights, training_finished
 from pipeline.signals import deferred_signals
 from pipeline.tracking import StageRun, stage_run
+from pipeline.trainee import WholeModelTrainee
 
 log = logging.getLogger(__name__)
 
 # Beside the checkpoints, outside DVC's outputs: the cached frozen-prefix outputs, reused by every rerun whose
 # prefix weights and data are the same (see pipeline/prefix_cache.py).
 PREFIX_CACHE_DIR = Path(".cache/frozen_prefix")
+EAGER_ATTENTION_UP_TO = 256
+"""Block size past which `train.attention: eager` draws a warning (see its docstring in pipeline/params.py)."""
 
 
 def bf16_supported() -> bool:
@@ -105,14 +108,15 @@ def train(
         store.ensure_room(model)  # fail now, not after the first hour
     block_size = len(blocks[0]["input_ids"])
     tokens_per_step = params.train.batch_size * params.train.grad_accum_steps * block_size
-    trainee, dataset, collator = model, blocks.with_format("torch"), causal_lm_batch
-    if params.train.cache_frozen_prefix and prefix_is_frozen(params.freeze):
+    trainee, dataset, collator = WholeModelTrainee(model), blocks.with_format("torch"), causal_lm_batch
+    cache_prefix = params.train.cache_frozen_prefix and prefix_is_frozen(params.freeze)
+    if cache_prefix:
         input_ids = blocks.with_format("torch")[:]["input_ids"]
         trainee, dataset = tail_training(
             model, input_ids, params.freeze.trainable_blocks, use_bf16, prefix_cache_dir, params.train.batch_size
         )
         collator = None  # the Trainer's default stacks the dataset's tensors
-    run.set_tags({"train.frozen_prefix_cached": str(trainee is not model).lower()})
+    run.set_tags({"train.frozen_prefix_cached": str(cache_prefix).lower()})
     with deferred_signals() as stop:
         callback = CheckpointCallback(step_log, store, stop, run, params.train.logging_steps, tokens_per_step)
         trainer = RecordingTrainer(
@@ -175,6 +179,12 @@ def main(argv: list[str] | None = None) -> None:
             check_vocabulary(model, tokenizer, blocks)
             base_model = base_model_identity(params.model.name_or_path, model.config)
             apply_freeze_policy(model, params.freeze)
+            model.set_attn_implementation(params.train.attention)
+            if params.train.attention == "eager" and params.tokenize.block_size > EAGER_ATTENTION_UP_TO:
+                log.warning(
+                    "train.attention is eager with %d-token blocks: sdpa is faster and lighter at long blocks",
+                    params.tokenize.block_size,
+                )
             counts = count_parameters(model)
             log.info("parameters:\n%s", format_parameter_table(counts, params.freeze.head))
             run.log_metrics(counts.as_metrics())

@@ -46,6 +46,16 @@ def test_flop_count_leaves_out_the_forward_of_a_cached_prefix(tiny_config):
     assert cached.backward == uncached.backward
 
 
+def test_flop_count_of_a_head_that_skips_the_last_position(tiny_config):
+    model = GPT2LMHeadModel(tiny_config)
+    apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=False, head="untied"))
+    every = measure.training_flops_per_token(model, seq_len=16)
+    skipping = measure.training_flops_per_token(model, seq_len=16, head_skips_last_position=True)
+    head_share = 3_200 / 16  # one of the 16 positions' head matmul weights
+    assert every.forward - skipping.forward == 2 * head_share
+    assert every.backward - skipping.backward == 2 * head_share * 2  # weight and activation gradients
+
+
 @pytest.mark.parametrize(("head", "mflop_per_token"), [("tied", 600), ("untied", 435), ("frozen", 358)])
 def test_flop_count_on_real_gpt2_small_shapes_matches_the_printed_note(head, mflop_per_token):
     model = GPT2LMHeadModel(GPT2Config())
@@ -113,3 +123,16 @@ def test_eval_benchmark_reports_both_styles_at_two_sizes(bench_config):
         assert stage["tokens"] == stage["useful_tokens"] == 128 * stage["blocks"]
     assert all(run["seconds"] > 0 and run["peak_rss"] > 0 for run in runs)
     assert "Peak RSS with 4x the eval set" in eval_bench.format_report(report)
+
+
+def test_ablation_times_every_variant_and_restores_the_head_padding(tiny_config):
+    from bench import ablation
+    from pipeline import linear_cross_entropy
+
+    config = GPT2Config(**{**tiny_config.to_dict(), "n_positions": ablation.BLOCK_SIZE})
+    seconds = ablation.run_ablation("tied", steps=1, rounds=1, config=config)
+    assert list(seconds) == [variant.name for variant in ablation.VARIANTS]
+    assert all(value > 0 for value in seconds.values())
+    assert linear_cross_entropy.VOCAB_MULTIPLE == 64
+    report = ablation.format_ablation("tied", seconds)
+    assert report.count("\n| ") == len(ablation.VARIANTS) + 1 and "1.00×" in report

@@ -6,13 +6,15 @@ from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams
 from pipeline.prefix_cache import FrozenPrefixTail, cached_prefix, compute_prefix, prefix_is_frozen
 from pipeline.train import bf16_supported
+from pipeline.trainee import WholeModelTrainee
 
-NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 
 
-def frozen_prefix_model(tiny_config, head: str) -> GPT2LMHeadModel:
+def frozen_prefix_model(tiny_config, head: str, dropout: float = 0.0) -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(**{**tiny_config.to_dict(), "n_layer": 3, **NO_DROPOUT}))
+    config = GPT2Config(**{**tiny_config.to_dict(), "n_layer": 3, **dict.fromkeys(DROPOUTS, dropout)})
+    model = GPT2LMHeadModel(config)
     apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=True, head=head))
     return model.train()
 
@@ -26,19 +28,23 @@ def tokens(tiny_config, rows: int = 6, length: int = 16) -> torch.Tensor:
     "bf16", [False, pytest.param(True, marks=pytest.mark.skipif(not bf16_supported(), reason="no bf16"))]
 )
 def test_cached_and_uncached_paths_give_the_same_loss_and_gradients(tiny_config, head, bf16):
-    model = frozen_prefix_model(tiny_config, head)
+    """Bitwise, with dropout on: the frozen prefix runs without it on both paths, and the trainable block draws
+    the same masks from the same seed."""
+    model = frozen_prefix_model(tiny_config, head, dropout=0.3)
     input_ids = tokens(tiny_config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    torch.manual_seed(7)
     with autocast:
-        uncached = model(input_ids=input_ids, labels=input_ids).loss
+        uncached = WholeModelTrainee(model).train()(input_ids=input_ids, labels=input_ids).loss
     uncached.backward()
     uncached_grads = [p.grad.clone() for p in trainable]
     model.zero_grad(set_to_none=True)
 
     prefix = compute_prefix(model, input_ids, prefix_blocks=2, batch_size=4, bf16=bf16)
+    torch.manual_seed(7)
     with autocast:
-        cached = FrozenPrefixTail(model, prefix_blocks=2)(prefix_hidden_states=prefix, labels=input_ids).loss
+        cached = FrozenPrefixTail(model, prefix_blocks=2).train()(prefix_hidden_states=prefix, labels=input_ids).loss
     cached.backward()
     assert cached.item() == uncached.item()
     for parameter, expected in zip(trainable, uncached_grads, strict=True):
@@ -76,7 +82,7 @@ def test_prefix_is_computed_without_dropout_and_leaves_the_mode_alone(tiny_confi
 
 
 def test_trainer_on_the_cached_prefix_ends_with_the_same_weights(tiny_config, tmp_path):
-    """A few Trainer steps on the tail with cached prefixes = the same steps on the whole model (dropout off)."""
+    """A few Trainer steps on the tail with cached prefixes = the same steps on the whole model, dropout on."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -99,14 +105,14 @@ def test_trainer_on_the_cached_prefix_ends_with_the_same_weights(tiny_config, tm
         ids = torch.stack([torch.tensor(example["input_ids"]) for example in examples])
         return {"input_ids": ids, "labels": ids}
 
-    whole = frozen_prefix_model(tiny_config, "untied")
+    whole = frozen_prefix_model(tiny_config, "untied", dropout=0.3)
     Trainer(
-        model=whole,
+        model=WholeModelTrainee(whole),
         args=args,
         train_dataset=Dataset.from_dict({"input_ids": input_ids.tolist()}),
         data_collator=full_batch,
     ).train()
-    tailed = frozen_prefix_model(tiny_config, "untied")
+    tailed = frozen_prefix_model(tiny_config, "untied", dropout=0.3)
     tail, dataset = tail_training(
         tailed, input_ids, trainable_blocks=1, bf16=False, cache_dir=tmp_path / "cache", batch_size=4
     )
