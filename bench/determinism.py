@@ -20,7 +20,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams, TrainParams
-from pipeline.train import bf16_supported
+from pipeline.train import bf16_supported, skip_uninitialized_memory_fill
 from pipeline.trainee import WholeModelTrainee
 
 BATCH_SIZE, BLOCK_SIZE = 8, 128
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both settings")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    skip_uninitialized_memory_fill()  # as the train stage does
     model = GPT2LMHeadModel(GPT2Config())
     apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=False, head="tied"))
     model.set_attn_implementation(TrainParams().attention)

@@ -35,7 +35,13 @@ from pipeline.cli import configure_logging
 from pipeline.freeze import apply_freeze_policy, count_parameters
 from pipeline.params import FreezeParams, Params, TokenizeParams, TrainParams
 from pipeline.prefix_cache import tail_training
-from pipeline.train import bf16_supported, causal_lm_batch, training_arguments
+from pipeline.train import (
+    bf16_supported,
+    causal_lm_batch,
+    skip_uninitialized_memory_fill,
+    training_arguments,
+    use_attention,
+)
 from pipeline.trainee import WholeModelTrainee
 
 log = logging.getLogger(__name__)
@@ -120,9 +126,10 @@ def train_setting(setting: TrainSetting, config: GPT2Config, inputs: dict[str, n
                 model=model, args=original_arguments(scratch, steps + 1), train_dataset=rows, callbacks=[clock]
             )
         else:
+            skip_uninitialized_memory_fill()
             params = project_params(setting, steps + 1)
             apply_freeze_policy(model, params.freeze)
-            model.set_attn_implementation(params.train.attention)
+            use_attention(model, params)
             use_bf16 = params.train.bf16 and bf16_supported()
             blocks = Dataset.from_dict({"input_ids": inputs["input_ids"]}).with_format("torch")
             trainee, collator = WholeModelTrainee(model), causal_lm_batch

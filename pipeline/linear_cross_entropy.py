@@ -19,7 +19,8 @@ IGNORE_INDEX = -100
 """Label of a position that is not scored (transformers' convention)."""
 VOCAB_MULTIPLE = 64
 """A trainable head is padded to a multiple of this many rows: the weight-gradient matmul of GPT-2's 50,257-row head
-ran at 453 GFLOP/s here, at 50,304 rows (as nanoGPT pads it) at 657."""
+ran at 453 GFLOP/s here, at 50,304 rows (as nanoGPT pads it) at 657. Whole steps gain less (`bench.ablation`: 2%
+with the untied head, within noise with the tied one, whose other costs dominate)."""
 ROWS_PER_CHUNK = 8
 """Tokens whose softmax is computed at once: 8 × 50,257 fp32 values (1.6 MB) stay in this CPU's 2 MB L2 cache
 per core. Measured on a frozen-head step of GPT-2 small, 8 × 128 tokens: 0.38 s at 8 rows, 0.39 s at 32, 0.45 s

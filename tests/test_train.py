@@ -1,16 +1,22 @@
 """Train stage, crash-safe: the real stage in a subprocess on the tiny model, killed with SIGKILL after a checkpoint,
 stopped with SIGTERM on the rerun, then finished from a fallback checkpoint; its outputs must be bitwise those of
-a run that was never interrupted, and MLflow must show no run left RUNNING."""
+a run that was never interrupted, and MLflow must show no run left RUNNING. Also the training attention choice."""
 
+import dataclasses
 import json
 import re
 import signal
 import subprocess
 import sys
 import time
+import typing
 
 import pytest
 from mlflow import MlflowClient
+from transformers import GPT2LMHeadModel
+
+from pipeline.params import Params
+from pipeline.train import use_attention
 
 pytestmark = pytest.mark.slow
 
@@ -172,3 +178,22 @@ def test_cached_frozen_prefix_trains_the_tail_and_is_reused_by_the_next_run(repo
         assert json.loads(second_model["train.json"])["steps"] == 39
     finally:
         repo.set_params({"freeze.head": "tied", "train.cache_frozen_prefix": False, "train.learning_rate": 5.0e-3})
+
+
+@pytest.mark.parametrize(
+    ("attention", "block_size", "warns"), [("eager", 128, False), ("eager", 1024, True), ("sdpa", 1024, False)]
+)
+def test_training_attention_is_the_params_and_eager_on_long_blocks_is_flagged(
+    tiny_config, caplog, attention, block_size, warns
+):
+    defaults = Params(**{name: section() for name, section in typing.get_type_hints(Params).items()})
+    params = dataclasses.replace(
+        defaults,
+        train=dataclasses.replace(defaults.train, attention=attention),
+        tokenize=dataclasses.replace(defaults.tokenize, block_size=block_size),
+    )
+    model = GPT2LMHeadModel(tiny_config)
+    with caplog.at_level("WARNING", logger="pipeline.train"):
+        use_attention(model, params)
+    assert model.config._attn_implementation == attention
+    assert ("sdpa was faster" in caplog.text) == warns
