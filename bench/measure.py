@@ -23,6 +23,8 @@ import torch
 import transformers
 from transformers import TrainerCallback
 
+from pipeline.trainee import embedding_trains, first_trainable_block
+
 GIB = 1024**3
 
 
@@ -189,11 +191,11 @@ def training_flops_per_token(
     attention = 4 * seq_len * config.n_embd  # per block and token: QKᵀ 2·T·d + PV 2·T·d
     layers = config.n_layer
     block_trains = [any(p.requires_grad for p in block.parameters()) for block in transformer.h]
-    embedding_trains = transformer.wte.weight.requires_grad or transformer.wpe.weight.requires_grad
+    embedding_grad = embedding_trains(model)
     # Backward reaches down to the lowest thing that needs a gradient; a trainable embedding lies below every block.
-    lowest_reached = 0 if embedding_trains else next((i for i, trains in enumerate(block_trains) if trains), layers)
+    lowest_reached = 0 if embedding_grad else first_trainable_block(model)
     blocks_reached = layers - lowest_reached
-    head_needs_input_grad = embedding_trains or any(block_trains) or transformer.ln_f.weight.requires_grad
+    head_needs_input_grad = embedding_grad or any(block_trains) or transformer.ln_f.weight.requires_grad
     blocks_run = layers - cached_prefix_blocks
     forward = 2 * (blocks_run * block_weights + head_weights) + blocks_run * attention
     backward = 2 * head_weights * (int(model.lm_head.weight.requires_grad) + int(head_needs_input_grad))

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import logging
 import tempfile
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -82,7 +81,7 @@ SETTINGS = (
 
 def project_params(setting: TrainSetting, total_steps: int) -> Params:
     """params.yaml's defaults (pipeline.params documents them), with the setting's changes and a step budget."""
-    defaults = Params(**{name: section() for name, section in typing.get_type_hints(Params).items()})
+    defaults = Params.defaults()
     return dataclasses.replace(
         defaults,
         freeze=dataclasses.replace(defaults.freeze, **setting.freeze),

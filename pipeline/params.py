@@ -160,6 +160,11 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
 
+    @classmethod
+    def defaults(cls) -> Params:
+        """Every section at its documented defaults (params.yaml's values), for code that builds params itself."""
+        return cls(**{name: section() for name, section in typing.get_type_hints(cls).items()})
+
     def flat(self) -> dict[str, Any]:
         """`{"train.learning_rate": 5e-05, ...}`: the form MLflow params and `dvc exp show` columns take."""
         return {

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import typing
 
 import pytest
 from mlflow import MlflowClient
@@ -186,7 +185,7 @@ def test_cached_frozen_prefix_trains_the_tail_and_is_reused_by_the_next_run(repo
 def test_training_attention_is_the_params_and_eager_on_long_blocks_is_flagged(
     tiny_config, caplog, attention, block_size, warns
 ):
-    defaults = Params(**{name: section() for name, section in typing.get_type_hints(Params).items()})
+    defaults = Params.defaults()
     params = dataclasses.replace(
         defaults,
         train=dataclasses.replace(defaults.train, attention=attention),
