@@ -25,8 +25,8 @@ from bench import measure
 from pipeline import linear_cross_entropy
 from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams
-from pipeline.train import bf16_supported
 from pipeline.trainee import WholeModelTrainee
+from pipeline.trainer_setup import bf16_supported
 
 BATCH_SIZE, BLOCK_SIZE = 8, 128
 TRAIN_STAGE_VOCAB_MULTIPLE = linear_cross_entropy.VOCAB_MULTIPLE

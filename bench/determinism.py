@@ -1,4 +1,4 @@
-"""What `train.deterministic` costs: train-step time with and without `torch.use_deterministic_algorithms`.
+"""What `train.deterministic` costs: train-step time with and without deterministic algorithms.
 
     python -m bench.determinism [--steps 6] [--rounds 3]
 
@@ -20,15 +20,15 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams, TrainParams
-from pipeline.train import bf16_supported, skip_uninitialized_memory_fill
 from pipeline.trainee import WholeModelTrainee
+from pipeline.trainer_setup import bf16_supported, use_deterministic_algorithms
 
 BATCH_SIZE, BLOCK_SIZE = 8, 128
 
 
 def step_seconds(trainee, optimizer, input_ids: torch.Tensor, steps: int, deterministic: bool) -> float:
     """Median wall time of one optimizer step (forward, backward, AdamW) under the given setting."""
-    torch.use_deterministic_algorithms(deterministic)
+    use_deterministic_algorithms(deterministic)  # as the train stage sets it
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16_supported() else nullcontext()
     times = []
     for _ in range(steps):
@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both settings")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    skip_uninitialized_memory_fill()  # as the train stage does
     model = GPT2LMHeadModel(GPT2Config())
     apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=False, head="tied"))
     model.set_attn_implementation(TrainParams().attention)

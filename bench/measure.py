@@ -58,6 +58,19 @@ def machine_description() -> str:
     return ", ".join(parts)
 
 
+DATASHEET_BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
+"""Dense bf16 tensor-core peaks from NVIDIA's datasheets (without sparsity), by a part of the device name; the
+first match wins, so the PCIe card comes before the SXM one it shares a name with."""
+
+
+def datasheet_bf16_peak() -> float | None:
+    """The CUDA device's datasheet bf16 FLOP/s, the denominator of MFU; None on a CPU or an unlisted GPU."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for part, peak in DATASHEET_BF16_PEAKS if part in name), None)
+
+
 def use_threads(threads: int | None) -> None:
     """Run torch on `threads` CPU threads, here and in every process `run_isolated` starts (they read
     OMP_NUM_THREADS when torch loads). On a machine that others are busy on, fewer threads than cores avoids

@@ -7,7 +7,8 @@ optimizer steps, each in its own process, and the table reports tokens/s, useful
 and the achieved FLOP rate against GEMMs of the model's shapes measured in the same run. A configuration that
 params.yaml can express is one more entry in SETTINGS; `train_setting` builds the Trainer as the train stage does
 (pipeline/trainee.py, and the cached frozen prefix of pipeline/prefix_cache.py) and passes `cached_prefix_blocks` to
-the FLOP count.
+the FLOP count. On a CUDA GPU it also runs GPU_SETTINGS (GPT-2's full 1,024-token context, batch 16, sdpa) and
+reports MFU against the GPU's datasheet peak.
 
 On a machine that others are using, `--rounds 2` runs the settings in turn twice and keeps each one's faster round,
 and `--threads 1` stops torch's two threads from waiting on each other at every op whenever another process holds
@@ -32,16 +33,16 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from bench import measure, workload
 from pipeline.cli import configure_logging
 from pipeline.freeze import apply_freeze_policy, count_parameters
-from pipeline.params import FreezeParams, Params, TokenizeParams, TrainParams
+from pipeline.params import FreezeParams, Params
 from pipeline.prefix_cache import tail_training
-from pipeline.train import (
+from pipeline.trainee import WholeModelTrainee
+from pipeline.trainer_setup import (
     bf16_supported,
     causal_lm_batch,
-    skip_uninitialized_memory_fill,
     training_arguments,
     use_attention,
+    use_deterministic_algorithms,
 )
-from pipeline.trainee import WholeModelTrainee
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class TrainSetting:
     """Changes to params.yaml's `freeze:` defaults (project style)."""
     train: dict[str, object] = field(default_factory=dict)
     """Changes to params.yaml's `train:` defaults (project style)."""
+    tokenize: dict[str, object] = field(default_factory=dict)
+    """Changes to params.yaml's `tokenize:` defaults (project style)."""
 
 
 SETTINGS = (
@@ -77,6 +80,24 @@ SETTINGS = (
         "project, frozen head + cached frozen prefix", "project", {"head": "frozen"}, {"cache_frozen_prefix": True}
     ),
 )
+GPU_SIZED = {"batch_size": 16, "attention": "sdpa"}, {"block_size": 1024}
+"""What a GPU user would change in params.yaml: GPT-2's full context, a batch that fills the GPU, and the fused
+attention kernel (eager keeps T x T maps; see `train.attention`)."""
+GPU_SETTINGS = (
+    TrainSetting("project on a GPU: tied head, sdpa, 16 × 1024", "project", {}, *GPU_SIZED),
+    TrainSetting(
+        "project on a GPU: untied head + cached frozen prefix, sdpa, 16 × 1024",
+        "project",
+        freeze={"head": "untied"},
+        train={**GPU_SIZED[0], "cache_frozen_prefix": True},
+        tokenize=GPU_SIZED[1],
+    ),
+)
+
+
+def settings_for_this_machine() -> tuple[TrainSetting, ...]:
+    """Every setting; on a CUDA GPU also the GPU-sized ones, which would take an hour on a laptop CPU."""
+    return SETTINGS + GPU_SETTINGS if torch.cuda.is_available() else SETTINGS
 
 
 def project_params(setting: TrainSetting, total_steps: int) -> Params:
@@ -85,6 +106,7 @@ def project_params(setting: TrainSetting, total_steps: int) -> Params:
     return dataclasses.replace(
         defaults,
         freeze=dataclasses.replace(defaults.freeze, **setting.freeze),
+        tokenize=dataclasses.replace(defaults.tokenize, **setting.tokenize),
         # No checkpoints: their I/O is not what this measures.
         train=dataclasses.replace(
             defaults.train, **{**setting.train, "max_steps": total_steps, "checkpoint_steps": None}
@@ -125,8 +147,8 @@ def train_setting(setting: TrainSetting, config: GPT2Config, inputs: dict[str, n
                 model=model, args=original_arguments(scratch, steps + 1), train_dataset=rows, callbacks=[clock]
             )
         else:
-            skip_uninitialized_memory_fill()
             params = project_params(setting, steps + 1)
+            use_deterministic_algorithms(params.train.deterministic)
             apply_freeze_policy(model, params.freeze)
             use_attention(model, params)
             use_bf16 = params.train.bf16 and bf16_supported()
@@ -183,27 +205,44 @@ def useful_fraction(setting: TrainSetting, rows: list[str], tokenizer) -> float:
     return 1.0
 
 
+def micro_batch_tokens(settings) -> list[int]:
+    """Tokens per micro-batch of the project settings: the GEMMs' row count (the original style's 64 is no
+    shape a fast setting runs)."""
+    project = [project_params(setting, 1) for setting in settings if setting.style == "project"]
+    return sorted({params.train.batch_size * params.tokenize.block_size for params in project})
+
+
 def run_benchmark(
     config: GPT2Config, steps: int, settings=SETTINGS, corpus_words: int = CORPUS_WORDS, rounds: int = 1
 ) -> dict:
     """Every setting in its own process, then the GEMM rates, `rounds` times in turn; each setting keeps its
-    fastest round and each GEMM its best rate, so drift in the machine's load hits all of them alike. Returns the
-    figures `format_report` prints."""
+    fastest round and each GEMM its best rate, so drift in the machine's load hits all of them alike. A setting
+    that fails is reported with its error instead of ending the run. Returns the figures `format_report` prints."""
     rows = workload.synthetic_rows(corpus_words, seed=0)
     tokenizer = workload.synthetic_tokenizer(rows)
     inputs = {setting.name: setting_inputs(setting, rows, tokenizer, steps) for setting in settings}
-    shapes = measure.reference_gemms(config, TrainParams().batch_size * TokenizeParams().block_size)
+    shapes = list(dict.fromkeys(  # the large square GEMM comes with every token count on a GPU
+        shape for tokens in micro_batch_tokens(settings) for shape in measure.reference_gemms(config, tokens)
+    ))  # fmt: skip
     fastest: dict[str, dict] = {}
+    failures: dict[str, str] = {}
     gemms: dict = {}
     for round_number in range(1, rounds + 1):
         for setting in settings:
             log.info("round %d of %d: training %s for 1 + %d steps", round_number, rounds, setting.name, steps)
-            result = measure.run_isolated(train_setting, setting, config, inputs[setting.name], steps)
+            try:
+                result = measure.run_isolated(train_setting, setting, config, inputs[setting.name], steps)
+            except Exception as error:  # one setting's failure on this machine is a finding too
+                log.exception("%s failed", setting.name)
+                failures[setting.name] = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+                continue
             if setting.name not in fastest or result["seconds_per_step"] < fastest[setting.name]["seconds_per_step"]:
                 fastest[setting.name] = result
         gemms = measure.best_gemm_rates(shapes, gemms)
-    results = [{**fastest[s.name], "useful_fraction": useful_fraction(s, rows, tokenizer)} for s in settings]
-    return {"steps": steps, "rounds": rounds, "results": results, "gemms": gemms}
+    measured = [setting for setting in settings if setting.name in fastest]
+    results = [{**fastest[s.name], "useful_fraction": useful_fraction(s, rows, tokenizer)} for s in measured]
+    failed = {name: error for name, error in failures.items() if name not in fastest}
+    return {"steps": steps, "rounds": rounds, "results": results, "gemms": gemms, "failed": failed}
 
 
 def format_report(report: dict) -> str:
@@ -211,6 +250,7 @@ def format_report(report: dict) -> str:
     results, gemms = report["results"], report["gemms"]
     best_of = f", best of {report['rounds']} rounds" if report["rounds"] > 1 else ""
     bf16_reference = max(rates[torch.bfloat16] for rates in gemms.values())
+    peak = measure.datasheet_bf16_peak()  # known only for some GPUs: the MFU column's denominator
     baseline = next((r for r in results if r["setting"].startswith("original")), results[0])
     baseline_useful = baseline["tokens_per_step"] * baseline["useful_fraction"] / baseline["seconds_per_step"]
     rows, ratios = [], []
@@ -233,6 +273,7 @@ def format_report(report: dict) -> str:
                 f"{result['flops_per_token'].forward / 1e6:.0f} + {result['flops_per_token'].backward / 1e6:.0f}",
                 f"{flops_per_s / 1e9:,.0f}",
                 f"{100 * flops_per_s / bf16_reference:.0f}%",
+                *([f"{100 * flops_per_s / peak:.1f}%"] if peak else []),
             ]
         )
     headers = [
@@ -247,6 +288,7 @@ def format_report(report: dict) -> str:
         "MFLOP/token fwd + bwd",
         "GFLOP/s",
         "of bf16 GEMM",
+        *(["MFU"] if peak else []),
     ]
     gemm_rows = [
         [" × ".join(str(n) for n in shape), f"{rates[torch.float32] / 1e9:,.0f}", f"{rates[torch.bfloat16] / 1e9:,.0f}"]
@@ -265,7 +307,17 @@ def format_report(report: dict) -> str:
             "text (generated Wikitext-shaped rows, a third of them empty, padded or cut to 64); packed blocks are all "
             f"text. Wikitext-2's rows hold more ({100 * workload.WIKITEXT_TEXT_FRACTION:.0f}%, longer paragraphs): "
             f"against an original-style run on them, the other rows' ratios would be {wikitext_ratios}. "
-            '"of bf16 GEMM" is the achieved FLOP rate over the best bf16 GEMM rate below, measured in the same run.',
+            '"of bf16 GEMM" is the achieved FLOP rate over the best bf16 GEMM rate below, measured in the same run.'
+            + (
+                f" MFU is the achieved rate over this GPU's datasheet peak, {peak / 1e12:,.0f} TFLOP/s dense bf16."
+                if peak
+                else ""
+            ),
+            *(
+                ["Failed here: " + "; ".join(f"{name}: `{error}`" for name, error in report["failed"].items())]
+                if report.get("failed")
+                else []
+            ),
             measure.markdown_table(["GEMM (tokens × in × out)", "fp32 GFLOP/s", "bf16 GFLOP/s"], gemm_rows),
             measure.FLOP_COUNTING,
         ]
@@ -282,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--steps and --rounds must be at least 1")
     configure_logging()
     measure.use_threads(args.threads)
-    print(format_report(run_benchmark(GPT2Config(), args.steps, rounds=args.rounds)))
+    report = run_benchmark(GPT2Config(), args.steps, settings_for_this_machine(), rounds=args.rounds)
+    print(format_report(report))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import synthetic_text
+from pipeline.blocks import pack_blocks, tokenize_text
 from pipeline.offline import train_tokenizer
-from pipeline.tokenization import pack_blocks, tokenize_text
 
 ORIGINAL_ROW_LENGTH = 64
 """The original script padded (pad = eos) and truncated every row to 64 tokens."""

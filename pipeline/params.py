@@ -131,8 +131,9 @@ class TrainParams:
     costs tokens x n_embd x 4 bytes on disk (7.4 GB for Wikitext-2 train on GPT-2 small), so it is opt-in.
     Ignored with the `tied` head."""
     deterministic: bool = True
-    """`torch.use_deterministic_algorithms` (the Trainer's `full_determinism`): reruns on the same machine and
-    thread count give bitwise-identical weights; README's "Reproducibility" gives its measured cost."""
+    """`torch.use_deterministic_algorithms`, and on a GPU the cuBLAS workspace it needs (trainer_setup.py): reruns
+    on the same machine and thread count give bitwise-identical weights; README's "Reproducibility" gives its
+    measured cost."""
     checkpoint_steps: int | None = 200
     """Optimizer steps between checkpoints (weights, optimizer, scheduler, RNG states, data position), which a rerun
     after a crash resumes from: a kill loses at most this many steps, and each save writes about 0.9 GB for GPT-2

@@ -57,18 +57,21 @@ def run_blocks(model: GPT2LMHeadModel, hidden_states: torch.Tensor, blocks: nn.M
 def compute_prefix(
     model: GPT2LMHeadModel, input_ids: torch.Tensor, prefix_blocks: int, batch_size: int, bf16: bool
 ) -> torch.Tensor:
-    """Output of embeddings + blocks[:prefix_blocks] for every row of `input_ids`, in eval mode (no dropout)."""
+    """Output of embeddings + blocks[:prefix_blocks] for every row of `input_ids`, in eval mode (no dropout).
+
+    Computed on the model's device, batch by batch; the result is kept in host memory, as the Trainer's dataset."""
     transformer = model.transformer
+    device = transformer.wte.weight.device
     was_training = model.training
     model.eval()
-    autocast = torch.autocast(input_ids.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     outputs = []
     for start in tqdm(range(0, len(input_ids), batch_size), desc="frozen prefix", unit="batch", leave=False):
-        batch = input_ids[start : start + batch_size]
-        positions = torch.arange(batch.shape[1], device=batch.device)
+        batch = input_ids[start : start + batch_size].to(device)
+        positions = torch.arange(batch.shape[1], device=device)
         with autocast:
             hidden = transformer.wte(batch) + transformer.wpe(positions)
-            outputs.append(run_blocks(model, hidden, transformer.h[:prefix_blocks]).float())
+            outputs.append(run_blocks(model, hidden, transformer.h[:prefix_blocks]).float().cpu())
     model.train(was_training)
     return torch.cat(outputs)
 

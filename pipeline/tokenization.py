@@ -8,14 +8,12 @@ trained on the pads). Only the tail shorter than one block is dropped, and the m
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 from pathlib import Path
 
-import numpy as np
 from datasets import Dataset
-from tqdm.auto import tqdm
 
+from pipeline.blocks import pack_blocks, tokenize_text
 from pipeline.cli import exit_on_user_error
 from pipeline.corpus import read_splits, write_splits
 from pipeline.errors import UserError
@@ -25,27 +23,6 @@ from pipeline.params import load_params
 from pipeline.tracking import stage_run
 
 log = logging.getLogger(__name__)
-
-# Rows per call of the (Rust, multi-threaded) fast tokenizer: large enough to amortise the call, small enough
-# to show progress.
-TOKENIZER_BATCH_ROWS = 2_000
-
-
-def tokenize_text(texts: list[str], tokenizer) -> np.ndarray:
-    """All tokens of `texts`, in order, as one int32 stream (GPT-2 adds no special tokens between rows)."""
-    batches = range(0, len(texts), TOKENIZER_BATCH_ROWS)
-    token_lists = itertools.chain.from_iterable(
-        tokenizer(texts[start : start + TOKENIZER_BATCH_ROWS], return_attention_mask=False, verbose=False)["input_ids"]
-        for start in tqdm(batches, desc="tokenizing", unit="batch", leave=False)
-    )
-    return np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int32)
-
-
-def pack_blocks(tokens: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
-    """Cut a token stream into (n_blocks, block_size); return the blocks and how many tail tokens were dropped."""
-    n_blocks = len(tokens) // block_size
-    kept = n_blocks * block_size
-    return tokens[:kept].reshape(n_blocks, block_size), len(tokens) - kept
 
 
 def tokenize_splits(

@@ -12,9 +12,8 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
 from datasets import Dataset
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
 from pipeline.checkpoints import STEP_LOG, CheckpointStore, base_model_identity, checkpoint_key
 from pipeline.cli import exit_on_user_error
@@ -29,74 +28,19 @@ from pipeline.resumable import CheckpointCallback, RecordingTrainer, StepLog, lo
 from pipeline.signals import deferred_signals
 from pipeline.tracking import StageRun, stage_run
 from pipeline.trainee import WholeModelTrainee
+from pipeline.trainer_setup import (
+    bf16_supported,
+    causal_lm_batch,
+    training_arguments,
+    use_attention,
+    use_deterministic_algorithms,
+)
 
 log = logging.getLogger(__name__)
 
 # Beside the checkpoints, outside DVC's outputs: the cached frozen-prefix outputs, reused by every rerun whose
 # prefix weights and data are the same (see pipeline/prefix_cache.py).
 PREFIX_CACHE_DIR = Path(".cache/frozen_prefix")
-EAGER_ATTENTION_UP_TO = 512
-"""Block size past which `train.attention: eager` draws a warning (see its docstring in pipeline/params.py)."""
-
-
-def bf16_supported() -> bool:
-    """bf16 autocast pays only where the hardware has bf16 arithmetic; elsewhere it is emulated and slower."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def skip_uninitialized_memory_fill() -> None:
-    """Under `torch.use_deterministic_algorithms` (the Trainer's `full_determinism`), torch also fills every new
-    tensor with NaN, so that code reading memory it never wrote shows it (torch.utils.deterministic). That is a
-    debugging aid, not part of determinism: it changes no result, and skipping it made a tied-head Trainer step 2-3%
-    faster here (1.127 vs 1.100 s, alternating in one process)."""
-    torch.utils.deterministic.fill_uninitialized_memory = False
-
-
-def use_attention(model, params: Params) -> None:
-    """Train with `train.attention`; warn where the other kernel is the faster one (see its docstring)."""
-    model.set_attn_implementation(params.train.attention)
-    if params.train.attention == "eager" and params.tokenize.block_size > EAGER_ATTENTION_UP_TO:
-        log.warning(
-            "train.attention is eager with %d-token blocks: above %d, sdpa was faster here and keeps no T x T maps",
-            params.tokenize.block_size, EAGER_ATTENTION_UP_TO,
-        )  # fmt: skip
-
-
-def causal_lm_batch(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Labels are the inputs: the model shifts them itself. Blocks are packed, so there is nothing to mask."""
-    input_ids = torch.stack([example["input_ids"] for example in examples])
-    return {"input_ids": input_ids, "labels": input_ids}
-
-
-def training_arguments(params: Params, output_dir: Path, use_bf16: bool) -> TrainingArguments:
-    train = params.train
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=train.batch_size,
-        gradient_accumulation_steps=train.grad_accum_steps,
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler,
-        warmup_steps=train.warmup_steps,
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        num_train_epochs=train.epochs,
-        max_steps=train.max_steps or -1,
-        bf16=use_bf16,
-        use_cpu=not torch.cuda.is_available(),
-        seed=train.seed,
-        data_seed=train.seed,
-        full_determinism=train.deterministic,
-        logging_steps=train.logging_steps,
-        # Every checkpoint_steps and, by the Trainer's own rule, at the last step: a run killed while writing its
-        # outputs then resumes with nothing left to train. null still saves one on SIGINT/SIGTERM (CheckpointCallback).
-        save_strategy="steps" if train.checkpoint_steps else "no",
-        save_steps=train.checkpoint_steps or 1,
-        eval_strategy="no",  # evaluation is its own stage, with the base model on the same blocks
-        report_to="none",  # MLflow logging is the stage's, grouped per pipeline execution
-        dataloader_num_workers=0,  # blocks are in memory already; worker processes only add start-up time
-    )
 
 
 def train(
@@ -126,21 +70,23 @@ def train(
         store.ensure_room(model)  # fail now, not after the first hour
     block_size = len(blocks[0]["input_ids"])
     tokens_per_step = params.train.batch_size * params.train.grad_accum_steps * block_size
+    args = training_arguments(params, store.staging, use_bf16)
+    use_deterministic_algorithms(params.train.deterministic)  # before the prefix's matmuls, the first on a GPU
     trainee, dataset, collator = WholeModelTrainee(model), blocks.with_format("torch"), causal_lm_batch
     cache_prefix = params.train.cache_frozen_prefix and prefix_is_frozen(params.freeze)
     if cache_prefix:
+        model.to(args.device)  # the prefix is computed where the Trainer will train (it would move the model anyway)
         input_ids = blocks.with_format("torch")[:]["input_ids"]
         trainee, dataset = tail_training(
             model, input_ids, params.freeze.trainable_blocks, use_bf16, prefix_cache_dir, params.train.batch_size
         )
         collator = None  # the Trainer's default stacks the dataset's tensors
     run.set_tags({"train.frozen_prefix_cached": str(cache_prefix).lower()})
-    skip_uninitialized_memory_fill()
     with deferred_signals() as stop:
         callback = CheckpointCallback(step_log, store, stop, run, params.train.logging_steps, tokens_per_step)
         trainer = RecordingTrainer(
             model=trainee,
-            args=training_arguments(params, store.staging, use_bf16),
+            args=args,
             train_dataset=dataset,
             data_collator=collator,
             callbacks=[callback],

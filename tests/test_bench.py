@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from bench import eval_bench, measure, train_bench, workload
 from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams
-from pipeline.train import bf16_supported
+from pipeline.trainer_setup import bf16_supported
 
 # Worked out by hand for the tiny config (n_layer=2, n_embd=32, vocab 100) at T=16: a block's matmul weights
 # 12·32² = 12,288, the head's 100·32 = 3,200, attention 4·16·32 = 2,048 per block and token.
@@ -136,3 +136,24 @@ def test_ablation_times_every_variant_and_restores_the_head_padding(tiny_config)
     assert linear_cross_entropy.VOCAB_MULTIPLE == 64
     report = ablation.format_ablation("tied", seconds)
     assert report.count("\n| ") == len(ablation.VARIANTS) + 1 and "1.00×" in report
+
+
+@pytest.mark.slow
+def test_gpu_sized_settings_train_full_context_blocks_and_a_failing_setting_is_reported(monkeypatch):
+    config = GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, vocab_size=1024, n_positions=1024, bos_token_id=0, eos_token_id=0
+    )
+    # An attention kernel whose package is not installed: the Trainer set-up raises in the worker process.
+    broken = train_bench.TrainSetting("project, flash-attn", "project", train={"attention": "flash_attention_2"})
+    report = train_bench.run_benchmark(
+        config, steps=1, settings=(*train_bench.GPU_SETTINGS, broken), corpus_words=5_000
+    )
+    assert [result["setting"] for result in report["results"]] == [s.name for s in train_bench.GPU_SETTINGS]
+    for result in report["results"]:
+        assert (result["tokens_per_step"], result["shape"]) == (16 * 1024, "16 × 1024 × 1")
+    assert list(report["failed"]) == [broken.name]
+    assert {shape[0] for shape in report["gemms"]} == {16 * 1024, 8 * 128}  # the micro-batches the settings run
+    monkeypatch.setattr(measure, "datasheet_bf16_peak", lambda: 1e12)  # as on a listed GPU
+    text = train_bench.format_report(report)
+    assert "| MFU |" in text and "datasheet peak, 1 TFLOP/s" in text
+    assert f"Failed here: {broken.name}: `" in text

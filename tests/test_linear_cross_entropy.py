@@ -4,7 +4,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from pipeline import linear_cross_entropy
 from pipeline.linear_cross_entropy import IGNORE_INDEX, causal_lm_loss
-from pipeline.train import bf16_supported
+from pipeline.trainer_setup import bf16_supported
 
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 

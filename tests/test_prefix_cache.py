@@ -5,8 +5,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams
 from pipeline.prefix_cache import FrozenPrefixTail, cached_prefix, compute_prefix, prefix_is_frozen
-from pipeline.train import bf16_supported
 from pipeline.trainee import WholeModelTrainee
+from pipeline.trainer_setup import bf16_supported
 
 DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 

@@ -3,8 +3,9 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
 
+from pipeline.blocks import pack_blocks, tokenize_text
 from pipeline.errors import UserError
-from pipeline.tokenization import pack_blocks, tokenize_splits, tokenize_text
+from pipeline.tokenization import tokenize_splits
 
 
 def test_pack_blocks_cuts_contiguous_blocks_and_reports_the_tail():

@@ -1,0 +1,100 @@
+"""How the train stage sets up the HF Trainer: precision, attention kernel, batches and TrainingArguments.
+
+Apart from pipeline/train.py (the stage: data, checkpoints, MLflow), so the benchmarks build their Trainers exactly as
+the stage does without importing its tracking.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from pipeline.params import Params
+
+log = logging.getLogger(__name__)
+
+EAGER_ATTENTION_UP_TO = 512
+"""Block size past which `train.attention: eager` draws a warning (see its docstring in pipeline/params.py)."""
+
+
+def bf16_supported() -> bool:
+    """bf16 autocast pays only where the hardware has bf16 arithmetic; elsewhere it is emulated and slower."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+CUBLAS_WORKSPACE = ":16:8"
+"""cuBLAS workspace that deterministic algorithms require on a GPU (docs/notes/randomness), the Trainer's choice too.
+torch warns that it caps cuBLASLt's workspace at 128 KB, but on the H100 the larger :4096:8 was no faster: GPU-sized
+tied-head steps took 67.8 ms with it and 56.6 ms with :16:8 (one run each, so within noise or worse)."""
+
+
+def use_deterministic_algorithms(enabled: bool) -> None:
+    """`train.deterministic`, set before the first CUDA matmul: torch's deterministic kernels and, on a GPU, the
+    cuBLAS workspace they require (an explicit CUBLAS_WORKSPACE_CONFIG wins).
+
+    In place of the Trainer's `full_determinism`, which does the same and also sets CUDA_LAUNCH_BLOCKING=1, making
+    every kernel launch wait for the GPU: a debugging aid that no result depends on. Where it takes effect (set
+    before CUDA starts), GPU-sized steps on the H100 took 88.6 instead of 56.6 ms (tied head, 16 x 1024) and 43.8
+    instead of 35.6 ms (untied head, cached prefix). The seeds are the Trainer's either way (`set_seed(args.seed)`):
+    on the CPU, the offline pipeline's outputs are byte-identical to those under `full_determinism`.
+
+    Deterministic mode also fills every new tensor with NaN, so that code reading memory it never wrote shows it
+    (torch.utils.deterministic). That too is a debugging aid and changes no result; it is turned off here, which
+    made a tied-head Trainer step 2-3% faster on the 2-core CPU (1.127 vs 1.100 s, alternating in one process).
+    """
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(enabled)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def use_attention(model, params: Params) -> None:
+    """Train with `train.attention`; warn where the other kernel is the faster one (see its docstring)."""
+    model.set_attn_implementation(params.train.attention)
+    if params.train.attention == "eager" and params.tokenize.block_size > EAGER_ATTENTION_UP_TO:
+        log.warning(
+            "train.attention is eager with %d-token blocks: above %d, sdpa was faster here and keeps no T x T maps",
+            params.tokenize.block_size, EAGER_ATTENTION_UP_TO,
+        )  # fmt: skip
+
+
+def causal_lm_batch(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Labels are the inputs: the model shifts them itself. Blocks are packed, so there is nothing to mask."""
+    input_ids = torch.stack([example["input_ids"] for example in examples])
+    return {"input_ids": input_ids, "labels": input_ids}
+
+
+def training_arguments(params: Params, output_dir: Path, use_bf16: bool) -> TrainingArguments:
+    train = params.train
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        bf16=use_bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=train.seed,
+        data_seed=train.seed,
+        # Not `full_determinism`: the stage calls use_deterministic_algorithms itself (see why there).
+        logging_steps=train.logging_steps,
+        # Every checkpoint_steps and, by the Trainer's own rule, at the last step: a run killed while writing its
+        # outputs then resumes with nothing left to train. null still saves one on SIGINT/SIGTERM (CheckpointCallback).
+        save_strategy="steps" if train.checkpoint_steps else "no",
+        save_steps=train.checkpoint_steps or 1,
+        eval_strategy="no",  # evaluation is its own stage, with the base model on the same blocks
+        report_to="none",  # MLflow logging is the stage's, grouped per pipeline execution
+        dataloader_num_workers=0,  # blocks are in memory already; worker processes only add start-up time
+    )
