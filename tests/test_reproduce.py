@@ -38,7 +38,9 @@ def test_planted_nondeterminism_is_caught_and_located(pipeline_repo_factory):
     assert packing in tokenization.read_text()
     # An unseeded shuffle of the packed blocks: the kind of bug that "seeded" pipelines still have.
     tokenization.write_text(
-        tokenization.read_text().replace(packing, packing + "        np.random.default_rng().shuffle(blocks)\n")
+        tokenization.read_text().replace(
+            packing, packing + "        import numpy as np\n        np.random.default_rng().shuffle(blocks)\n"
+        )
     )
     repo.commit("plant an unseeded shuffle")
     result = reproduce(repo, "twice")
