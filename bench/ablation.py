@@ -5,9 +5,9 @@
 Real GPT-2-small shapes (`GPT2Config()`, random weights), the last block trainable, 8 x 128 packed blocks, bf16
 autocast where supported and the Trainer's default optimizer (fused AdamW, clipping at 1.0): the train stage's
 step without the Trainer around it. The first variant is the model's own loss with dropout everywhere, sdpa
-attention and GPT-2's `gelu_new`; each later one adds one change of pipeline/trainee.py and
-pipeline/linear_cross_entropy.py. The variants alternate in rounds inside one process, so machine noise hits them
-alike; each keeps its fastest round.
+attention and GPT-2's `gelu_new`; each later one adds one change of pipeline/trainee.py,
+pipeline/linear_cross_entropy.py or pipeline/trainer_setup.py. The variants alternate in rounds inside one
+process, so machine noise hits them alike; each keeps its fastest round.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipeline import linear_cross_entropy
 from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams
 from pipeline.trainee import WholeModelTrainee
-from pipeline.trainer_setup import bf16_supported
+from pipeline.trainer_setup import bf16_supported, reuse_freed_memory
 
 BATCH_SIZE, BLOCK_SIZE = 8, 128
 TRAIN_STAGE_VOCAB_MULTIPLE = linear_cross_entropy.VOCAB_MULTIPLE
@@ -40,15 +40,17 @@ class Variant:
     attention: str
     fused_gelu: bool
     padded_head: bool
+    heap_reuse: bool
 
 
 VARIANTS = (
-    Variant("model's own loss, dropout everywhere, sdpa, gelu_new", False, True, "sdpa", False, False),
-    Variant("+ fused head and cross-entropy", True, True, "sdpa", False, False),
-    Variant("+ no dropout in frozen blocks", True, False, "sdpa", False, False),
-    Variant("+ eager attention", True, False, "eager", False, False),
-    Variant("+ one-kernel GELU", True, False, "eager", True, False),
-    Variant("+ trainable head padded to 64 rows (the train stage)", True, False, "eager", True, True),
+    Variant("model's own loss, dropout everywhere, sdpa, gelu_new", False, True, "sdpa", False, False, False),
+    Variant("+ fused head and cross-entropy", True, True, "sdpa", False, False, False),
+    Variant("+ no dropout in frozen blocks", True, False, "sdpa", False, False, False),
+    Variant("+ eager attention", True, False, "eager", False, False, False),
+    Variant("+ one-kernel GELU", True, False, "eager", True, False, False),
+    Variant("+ trainable head padded to 64 rows", True, False, "eager", True, True, False),
+    Variant("+ malloc reuses freed memory (the train stage)", True, False, "eager", True, True, True),
 )
 
 
@@ -74,6 +76,7 @@ class Step:
         for block, activation in zip(self.model.transformer.h, activations, strict=True):
             block.mlp.act = activation
         linear_cross_entropy.VOCAB_MULTIPLE = TRAIN_STAGE_VOCAB_MULTIPLE if variant.padded_head else 1
+        reuse_freed_memory(variant.heap_reuse)
         self.trainee.train()
         if variant.frozen_dropout:
             for module in self.trainee.frozen_prefix:
@@ -104,6 +107,7 @@ def run_ablation(head: str, steps: int, rounds: int, config: GPT2Config | None =
             median = statistics.median(step.seconds(variant) for _ in range(steps))
             best[variant.name] = min(median, best.get(variant.name, float("inf")))
     linear_cross_entropy.VOCAB_MULTIPLE = TRAIN_STAGE_VOCAB_MULTIPLE
+    reuse_freed_memory(False)
     return best
 
 

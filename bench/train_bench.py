@@ -39,6 +39,7 @@ from pipeline.trainee import WholeModelTrainee
 from pipeline.trainer_setup import (
     bf16_supported,
     causal_lm_batch,
+    reuse_freed_memory,
     training_arguments,
     use_attention,
     use_deterministic_algorithms,
@@ -149,6 +150,7 @@ def train_setting(setting: TrainSetting, config: GPT2Config, inputs: dict[str, n
         else:
             params = project_params(setting, steps + 1)
             use_deterministic_algorithms(params.train.deterministic)
+            reuse_freed_memory()
             apply_freeze_policy(model, params.freeze)
             use_attention(model, params)
             use_bf16 = params.train.bf16 and bf16_supported()

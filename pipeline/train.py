@@ -31,6 +31,7 @@ from pipeline.trainee import WholeModelTrainee
 from pipeline.trainer_setup import (
     bf16_supported,
     causal_lm_batch,
+    reuse_freed_memory,
     training_arguments,
     use_attention,
     use_deterministic_algorithms,
@@ -72,6 +73,7 @@ def train(
     tokens_per_step = params.train.batch_size * params.train.grad_accum_steps * block_size
     args = training_arguments(params, store.staging, use_bf16)
     use_deterministic_algorithms(params.train.deterministic)  # before the prefix's matmuls, the first on a GPU
+    reuse_freed_memory()
     trainee, dataset, collator = WholeModelTrainee(model), blocks.with_format("torch"), causal_lm_batch
     cache_prefix = params.train.cache_frozen_prefix and prefix_is_frozen(params.freeze)
     if cache_prefix:

@@ -1,10 +1,16 @@
 import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.params import Params
 from pipeline.trainer_setup import CUBLAS_WORKSPACE, training_arguments, use_deterministic_algorithms
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -46,3 +52,27 @@ def test_the_trainer_is_not_asked_for_full_determinism(tmp_path):
     # The stage sets determinism itself; the Trainer's own would add CUDA_LAUNCH_BLOCKING=1.
     assert Params.defaults().train.deterministic
     assert not training_arguments(Params.defaults(), tmp_path, use_bf16=False).full_determinism
+
+
+FREE_A_LARGE_TENSOR = """
+import sys
+import psutil, torch
+from pipeline.trainer_setup import reuse_freed_memory
+applied = reuse_freed_memory(sys.argv[1] == "reuse")
+large = torch.ones(64 * 2**20)  # 256 MB: glibc would mmap it and munmap it when freed
+del large
+print(applied, psutil.Process().memory_info().rss)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_freed_memory_stays_with_the_process_for_the_next_allocation():
+    resident = {}
+    for mode in ("reuse", "default"):
+        result = subprocess.run(
+            [sys.executable, "-c", FREE_A_LARGE_TENSOR, mode], capture_output=True, text=True, check=True, cwd=ROOT
+        )
+        applied, rss = result.stdout.split()
+        assert applied == "True"
+        resident[mode] = int(rss)
+    assert resident["reuse"] - resident["default"] > 200 * 2**20  # kept for reuse, not handed back to the kernel
