@@ -5,9 +5,9 @@
 Real GPT-2-small shapes (`GPT2Config()`, random weights), the last block trainable, 8 x 128 packed blocks, bf16
 autocast where supported and the Trainer's default optimizer (fused AdamW, clipping at 1.0): the train stage's
 step without the Trainer around it. The first variant is the model's own loss with dropout everywhere, sdpa
-attention and GPT-2's `gelu_new`; each later one adds one change of pipeline/trainee.py,
-pipeline/linear_cross_entropy.py or pipeline/trainer_setup.py. The variants alternate in rounds inside one
-process, so machine noise hits them alike; each keeps its fastest round.
+attention and GPT-2's `gelu_new`; each later one adds one change of
+pipeline/training/trainee.py, pipeline/training/linear_cross_entropy.py or pipeline/training/trainer_setup.py.
+The variants alternate in rounds inside one process, so machine noise hits them alike; each keeps its fastest round.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from bench import measure
-from pipeline import linear_cross_entropy
-from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams
-from pipeline.trainee import WholeModelTrainee
-from pipeline.trainer_setup import bf16_supported, reuse_freed_memory
+from pipeline.training.freeze import apply_freeze_policy
+from pipeline.training.linear_cross_entropy import VOCAB_MULTIPLE
+from pipeline.training.trainee import WholeModelTrainee
+from pipeline.training.trainer_setup import bf16_supported, reuse_freed_memory
 
 BATCH_SIZE, BLOCK_SIZE = 8, 128
-TRAIN_STAGE_VOCAB_MULTIPLE = linear_cross_entropy.VOCAB_MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class Step:
         activations = self.fused_gelu if variant.fused_gelu else self.gelu_new
         for block, activation in zip(self.model.transformer.h, activations, strict=True):
             block.mlp.act = activation
-        linear_cross_entropy.VOCAB_MULTIPLE = TRAIN_STAGE_VOCAB_MULTIPLE if variant.padded_head else 1
+        self.trainee.vocab_multiple = VOCAB_MULTIPLE if variant.padded_head else 1
         reuse_freed_memory(variant.heap_reuse)
         self.trainee.train()
         if variant.frozen_dropout:
@@ -106,7 +105,6 @@ def run_ablation(head: str, steps: int, rounds: int, config: GPT2Config | None =
             step.seconds(variant)  # warm-up: this variant's kernels and allocations
             median = statistics.median(step.seconds(variant) for _ in range(steps))
             best[variant.name] = min(median, best.get(variant.name, float("inf")))
-    linear_cross_entropy.VOCAB_MULTIPLE = TRAIN_STAGE_VOCAB_MULTIPLE
     reuse_freed_memory(False)
     return best
 

@@ -18,10 +18,10 @@ from contextlib import nullcontext
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams, TrainParams
-from pipeline.trainee import WholeModelTrainee
-from pipeline.trainer_setup import bf16_supported, use_deterministic_algorithms
+from pipeline.training.freeze import apply_freeze_policy
+from pipeline.training.trainee import WholeModelTrainee
+from pipeline.training.trainer_setup import bf16_supported, use_deterministic_algorithms
 
 BATCH_SIZE, BLOCK_SIZE = 8, 128
 

@@ -4,7 +4,7 @@
 
 The original script evaluated with `Trainer.evaluate` and a `compute_metrics` over the full logits, which the
 Trainer keeps for the whole set (rows x 64 x 50,257 floats), so its memory grows with the eval set; the evaluate
-stage (`pipeline.lm_metrics.score_blocks`) reduces each batch to three numbers. Both score the same text, the
+stage (`pipeline.evaluation.lm_metrics.score_blocks`) reduces each batch to three numbers. Both score the same text, the
 first rows of a generated validation split that fill N (then 4N) packed blocks of 128: the stage as those blocks,
 the original style as the same rows padded to 64. Each run is its own process, so its peak memory is its own.
 """
@@ -22,15 +22,15 @@ from datasets import Dataset
 from transformers import EvalPrediction, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from bench import measure, workload
-from pipeline.cli import configure_logging
-from pipeline.lm_metrics import score_blocks
+from pipeline.evaluation.lm_metrics import score_blocks
 from pipeline.params import EvaluateParams, TokenizeParams
+from pipeline.tracking.cli import configure_logging
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCKS = 12
 """Packed blocks in the smaller eval set (one full batch and a half); the larger has 4x: 48 blocks, about 210
-padded rows, for which the original style keeps 2.7 GB of logits. The four runs take 2-3 minutes on 2 cores."""
+padded rows, for which the original style keeps 2.7 GB of logits."""
 SIZE_FACTOR = 4
 ORIGINAL_EVAL_BATCH_SIZE = 8
 """The Trainer's default `per_device_eval_batch_size`, which the original script kept."""
@@ -129,7 +129,7 @@ def run_benchmark(config: GPT2Config, blocks: int, corpus_words: int = CORPUS_WO
 
 
 def format_report(report: dict) -> str:
-    """The eval table for README's "Performance" section, with each style's peak-memory growth over 4x the eval set."""
+    """The eval table for docs/performance.md, with each style's peak-memory growth over 4x the eval set."""
     table_rows, peaks = [], {}
     for run in report["runs"]:
         peak_gpu = f" (GPU {run['peak_gpu'] / measure.GIB:.2f})" if run["peak_gpu"] is not None else ""

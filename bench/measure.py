@@ -23,7 +23,7 @@ import torch
 import transformers
 from transformers import TrainerCallback
 
-from pipeline.trainee import embedding_trains, first_trainable_block
+from pipeline.training.freeze import FrozenLayout
 
 GIB = 1024**3
 
@@ -192,10 +192,11 @@ def training_flops_per_token(
 ) -> FlopCount:
     """Matmul FLOPs per token of one forward+backward of a GPT-2 LM under its current requires_grad flags.
 
-    `cached_prefix_blocks`: leading blocks whose outputs a step reads from a cache (pipeline.prefix_cache) instead
-    of computing; their forward is not counted (backward never reaches them when they are frozen).
-    `head_skips_last_position`: the head runs on T-1 of every T positions (pipeline.linear_cross_entropy leaves out
-    the last, which predicts nothing), so it is counted for (T-1)/T of the tokens.
+    `cached_prefix_blocks`: leading blocks whose outputs a step reads from a cache (pipeline.training.prefix_cache)
+    instead of computing; their forward is not counted (backward never reaches them when they are frozen).
+    `head_skips_last_position`: the head runs on T-1 of every T positions
+    (pipeline.training.linear_cross_entropy leaves out the last, which predicts nothing), so it is counted for
+    (T-1)/T of the tokens.
     """
     config, transformer = model.config, model.transformer
     block_weights, head_weights = 12 * config.n_embd**2, config.vocab_size * config.n_embd
@@ -204,9 +205,10 @@ def training_flops_per_token(
     attention = 4 * seq_len * config.n_embd  # per block and token: QKᵀ 2·T·d + PV 2·T·d
     layers = config.n_layer
     block_trains = [any(p.requires_grad for p in block.parameters()) for block in transformer.h]
-    embedding_grad = embedding_trains(model)
+    layout = FrozenLayout.of(model)
+    embedding_grad = layout.embedding_trains
     # Backward reaches down to the lowest thing that needs a gradient; a trainable embedding lies below every block.
-    lowest_reached = 0 if embedding_grad else first_trainable_block(model)
+    lowest_reached = 0 if embedding_grad else layout.first_trainable_block
     blocks_reached = layers - lowest_reached
     head_needs_input_grad = embedding_grad or any(block_trains) or transformer.ln_f.weight.requires_grad
     blocks_run = layers - cached_prefix_blocks

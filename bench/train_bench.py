@@ -6,13 +6,13 @@ Every setting trains a random-weights `GPT2Config()` (no download) for one untim
 optimizer steps, each in its own process, and the table reports tokens/s, useful (non-pad) tokens/s, peak memory
 and the achieved FLOP rate against GEMMs of the model's shapes measured in the same run. A configuration that
 params.yaml can express is one more entry in SETTINGS; `train_setting` builds the Trainer as the train stage does
-(pipeline/trainee.py, and the cached frozen prefix of pipeline/prefix_cache.py) and passes `cached_prefix_blocks` to
-the FLOP count. On a CUDA GPU it also runs GPU_SETTINGS (GPT-2's full 1,024-token context, batch 16, sdpa) and
-reports MFU against the GPU's datasheet peak.
+(pipeline/training/trainee.py, and the cached frozen prefix of pipeline/training/prefix_cache.py) and passes
+`cached_prefix_blocks` to the FLOP count. On a CUDA GPU it also runs GPU_SETTINGS (GPT-2's full 1,024-token
+context, batch 16, sdpa) and reports MFU against the GPU's datasheet peak.
 
 On a machine that others are using, `--rounds 2` runs the settings in turn twice and keeps each one's faster round,
 and `--threads 1` stops torch's two threads from waiting on each other at every op whenever another process holds
-a core (that made small steps up to 30x slower here).
+a core, which slows small steps badly (docs/performance.md says by how much, and how long a run takes).
 """
 
 from __future__ import annotations
@@ -31,25 +31,16 @@ from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from bench import measure, workload
-from pipeline.cli import configure_logging
-from pipeline.freeze import apply_freeze_policy, count_parameters
 from pipeline.params import FreezeParams, Params
-from pipeline.prefix_cache import tail_training
-from pipeline.trainee import WholeModelTrainee
-from pipeline.trainer_setup import (
-    bf16_supported,
-    causal_lm_batch,
-    reuse_freed_memory,
-    training_arguments,
-    use_attention,
-    use_deterministic_algorithms,
-)
+from pipeline.tracking.cli import configure_logging
+from pipeline.training.assembly import build_trainer, caches_prefix, prepare_model
+from pipeline.training.freeze import apply_freeze_policy, count_parameters
+from pipeline.training.trainer_setup import bf16_supported
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 10
-"""Timed optimizer steps per setting; with the warm-up step and process start-ups, the four settings take about 3
-minutes on 2 cores (steps of 2-3 s each), the eval benchmark 2-3 more."""
+"""Timed optimizer steps per setting: enough for a steady median step, few enough to run by hand on a CPU."""
 CORPUS_WORDS = 70_000
 """Generated training text, the offline profile's train split: about 100k tokens, 3,300 rows."""
 ORIGINAL_BATCH_SIZE, ORIGINAL_GRAD_ACCUM = 1, 4
@@ -147,27 +138,19 @@ def train_setting(setting: TrainSetting, config: GPT2Config, inputs: dict[str, n
             trainer = Trainer(
                 model=model, args=original_arguments(scratch, steps + 1), train_dataset=rows, callbacks=[clock]
             )
-        else:
+        else:  # the train stage's own assembly; a cached prefix is built before the timed steps, as epoch 1's
             params = project_params(setting, steps + 1)
-            use_deterministic_algorithms(params.train.deterministic)
-            reuse_freed_memory()
-            apply_freeze_policy(model, params.freeze)
-            use_attention(model, params)
+            layout = prepare_model(model, params)
             use_bf16 = params.train.bf16 and bf16_supported()
-            blocks = Dataset.from_dict({"input_ids": inputs["input_ids"]}).with_format("torch")
-            trainee, collator = WholeModelTrainee(model), causal_lm_batch
-            if params.train.cache_frozen_prefix:  # built before the timed steps: the epochs after the first
-                prefix_blocks = config.n_layer - params.freeze.trainable_blocks
-                trainee, blocks = tail_training(
-                    model, torch.from_numpy(inputs["input_ids"]).long(), params.freeze.trainable_blocks, use_bf16,
-                    Path(scratch) / "prefix", params.train.batch_size,
-                )  # fmt: skip
-                collator = None
-            trainer = Trainer(
-                model=trainee,
-                args=training_arguments(params, scratch, use_bf16),
-                train_dataset=blocks,
-                data_collator=collator,
+            if caches_prefix(params, layout):
+                prefix_blocks = layout.first_trainable_block
+            trainer = build_trainer(
+                params,
+                model,
+                Dataset.from_dict({"input_ids": inputs["input_ids"]}),
+                output_dir=Path(scratch),
+                prefix_cache_dir=Path(scratch) / "prefix",
+                use_bf16=use_bf16,
                 callbacks=[clock],
             )
         trainer.train()
@@ -248,7 +231,7 @@ def run_benchmark(
 
 
 def format_report(report: dict) -> str:
-    """The markdown README's "Performance" section takes: settings, GEMM rates, and how FLOPs were counted."""
+    """The markdown docs/performance.md takes: settings, GEMM rates, and how FLOPs were counted."""
     results, gemms = report["results"], report["gemms"]
     best_of = f", best of {report['rounds']} rounds" if report["rounds"] > 1 else ""
     bf16_reference = max(rates[torch.bfloat16] for rates in gemms.values())

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import synthetic_text
-from pipeline.blocks import pack_blocks, tokenize_text
-from pipeline.offline import train_tokenizer
+from pipeline.data.blocks import pack_blocks, tokenize_text
+from pipeline.offline import synthetic_text
+from pipeline.offline.tiny_model import train_tokenizer
 
 ORIGINAL_ROW_LENGTH = 64
 """The original script padded (pad = eos) and truncated every row to 64 tokens."""
 WIKITEXT_TEXT_FRACTION = 0.49
-"""Share of text in Wikitext-2's train rows so padded, with GPT-2's tokenizer: the original script trained at about
-57 tokens/s of which 28 were text. The generated rows hold less (about 40%): their paragraphs are shorter, and fewer
-of them fill 64 tokens, so they flatter the project against the original; the train report says by how much."""
+"""Share of text in Wikitext-2's train rows so padded, with GPT-2's tokenizer (measured: docs/performance.md). The
+generated rows hold less (about 40%): their paragraphs are shorter, and fewer of them fill 64 tokens, so they flatter
+the project against the original; the train report says by how much."""
 
 
 def synthetic_rows(words: int, seed: int) -> list[str]:

@@ -12,18 +12,20 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.cli import exit_on_user_error
-from pipeline.corpus import read_splits
-from pipeline.files import flatten_metrics, read_json, write_json
-from pipeline.lm_metrics import score_blocks
-from pipeline.loading import load_config, load_model
+from pipeline.data.corpus import read_splits
+from pipeline.data.files import flatten_metrics, read_json, write_json
+from pipeline.data.loading import load_config, load_model
+from pipeline.evaluation.lm_metrics import score_blocks
 from pipeline.params import Params, load_params
-from pipeline.tracking import stage_run
+from pipeline.tracking.cli import exit_on_user_error
+from pipeline.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("validation", "test")
 BASE_MODEL = "base"
+PARAMS = {"evaluate_base": ("model.name_or_path", "evaluate"), "evaluate": ("evaluate",)}
+"""The params.yaml keys each DVC stage this module runs reads (dvc.yaml lists the same; a test holds them equal)."""
 
 
 def evaluate(model, tokenized_dir: Path, params: Params) -> dict[str, dict[str, float]]:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         model_path = params.model.name_or_path if is_base else args.model
         inputs = [args.tokenized] if is_base else [args.tokenized, Path(args.model), args.base_metrics]
         stage = "evaluate_base" if is_base else "evaluate"
-        with stage_run(stage, params, ("mlflow", "model", "evaluate"), inputs=inputs, closes_group=not is_base) as run:
+        with stage_run(stage, params, PARAMS[stage], inputs=inputs, closes_group=not is_base) as run:
             scores = evaluate(load_model(model_path), args.tokenized, params)
             if is_base:
                 report = scores

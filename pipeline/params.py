@@ -116,24 +116,23 @@ class TrainParams:
     max_grad_norm: float = 1.0
     """Gradient clipping norm (the Trainer's default)."""
     bf16: bool = True
-    """bf16 autocast with fp32 master weights where the hardware supports it (about 2x on an AVX512-BF16 CPU);
-    ignored, with a warning, where it does not."""
+    """bf16 autocast with fp32 master weights where the hardware has bf16 arithmetic (its matmuls run several times
+    faster there; docs/performance.md); ignored, with a warning, where it does not."""
     attention: Literal["eager", "sdpa"] = "eager"
-    """Attention kernel while training (transformers' `attn_implementation`). On this CPU, with the tied head, `eager`
-    made a step faster than `sdpa` (whose fused backward is slow at short sequences) by 8% at 8 x 128 tokens and 5%
-    at 2 x 512; at 1 x 1024 `sdpa` was 20% faster and keeps no T x T attention maps. On a GPU use `sdpa`. The
-    evaluate stage always uses the model's default."""
+    """Attention kernel while training (transformers' `attn_implementation`). `eager`, because on a CPU `sdpa`'s
+    fused backward is slower at short sequences; use `sdpa` past 512-token blocks (the stage warns; it keeps no
+    T x T attention maps) and on a GPU. Measured in docs/performance.md. Evaluate always uses the model's default."""
     logging_steps: int = 10
     """Optimizer steps between points of the training curve."""
     cache_frozen_prefix: bool = False
     """With head `untied` or `frozen`, compute the frozen embedding + blocks once and train the tail on their
-    cached output (frozen blocks run without dropout either way, pipeline/trainee.py). Same loss as uncached;
+    cached output (frozen blocks run without dropout either way, pipeline/training/trainee.py). Same loss as uncached;
     costs tokens x n_embd x 4 bytes on disk (7.4 GB for Wikitext-2 train on GPT-2 small), so it is opt-in.
     Ignored with the `tied` head."""
     deterministic: bool = True
     """`torch.use_deterministic_algorithms`, and on a GPU the cuBLAS workspace it needs (trainer_setup.py): reruns
-    on the same machine and thread count give bitwise-identical weights; README's "Reproducibility" gives its
-    measured cost."""
+    on the same machine and thread count give bitwise-identical weights; docs/performance.md gives its measured
+    cost."""
     checkpoint_steps: int | None = 200
     """Optimizer steps between checkpoints (weights, optimizer, scheduler, RNG states, data position), which a rerun
     after a crash resumes from: a kill loses at most this many steps, and each save writes about 0.9 GB for GPT-2
@@ -209,6 +208,38 @@ def load_params(path: str | Path, load_model_config: Callable[[str], Any] | None
     if issues:
         raise ParamsError(f"{path} has {len(issues)} problem(s):\n" + "\n".join(f"  - {i}" for i in issues))
     return params
+
+
+def read_overrides(path: str | Path) -> dict[str, Any]:
+    """A params profile (profiles/*.yaml): sections of params.yaml holding only the keys that differ, returned as
+    dotted keys (`{"train.batch_size": 16}`), the form `dvc exp run -S` takes. Unknown keys and wrong types are
+    refused, all at once, as in `load_params`."""
+    raw = _read_yaml(Path(path))
+    section_types = typing.get_type_hints(Params)
+    overrides, issues = {}, []
+    for section, values in raw.items():
+        if section not in section_types or not isinstance(values, dict):
+            issues.append(f"{section}: not a section of params.yaml with keys under it")
+            continue
+        fields = typing.get_type_hints(section_types[section])
+        for key, value in values.items():
+            if key not in fields:
+                issues.append(f"{section}.{key}: unknown key (known: {', '.join(fields)})")
+            elif not _matches(value, fields[key]):
+                issues.append(f"{section}.{key}: expected {_describe(fields[key])}, got {value!r}")
+            overrides[f"{section}.{key}"] = value
+    if issues:
+        raise ParamsError(f"{path} has {len(issues)} problem(s):\n" + "\n".join(f"  - {i}" for i in issues))
+    return overrides
+
+
+def hydra_overrides(overrides: dict[str, Any]) -> list[str]:
+    """`key=value` strings in the override grammar of `dvc exp run -S` (YAML's null and lower-case booleans)."""
+
+    def text(value: Any) -> str:
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    return [f"{key}={text(value)}" for key, value in overrides.items()]
 
 
 def _model_config_issues(params: Params, load_model_config: Callable[[str], Any]) -> list[str]:

@@ -15,15 +15,18 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from pipeline.cli import exit_on_user_error
-from pipeline.corpus import write_splits
+from pipeline.data.corpus import write_splits
+from pipeline.data.files import atomic_dir, flatten_metrics, write_json
+from pipeline.data.loading import load_hub_dataset
 from pipeline.errors import UserError
-from pipeline.files import atomic_dir, flatten_metrics, write_json
-from pipeline.loading import load_hub_dataset
 from pipeline.params import SPLITS, DataParams, load_params
-from pipeline.tracking import stage_run
+from pipeline.tracking.cli import exit_on_user_error
+from pipeline.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
+
+PARAMS = {"prepare": ("data",)}
+"""The params.yaml keys each DVC stage this module runs reads (dvc.yaml lists the same; a test holds them equal)."""
 
 # Wikitext marks an article's title as " = Title = "; sections add more "=" (" = = Section = = ").
 ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         params = load_params(args.params)
         local_files = (params.data.single_file, *map(params.data.split_file, SPLITS))
         local_inputs = [Path(path) for path in local_files if path is not None]
-        with stage_run("prepare", params, ("mlflow", "data"), inputs=local_inputs) as run:
+        with stage_run("prepare", params, PARAMS["prepare"], inputs=local_inputs) as run:
             splits = prepare(params.data)
             stats = split_stats(splits)
             with atomic_dir(args.out) as staging:

@@ -13,16 +13,19 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from pipeline.blocks import pack_blocks, tokenize_text
-from pipeline.cli import exit_on_user_error
-from pipeline.corpus import read_splits, write_splits
+from pipeline.data.blocks import pack_blocks, tokenize_text
+from pipeline.data.corpus import read_splits, write_splits
+from pipeline.data.files import atomic_dir, flatten_metrics, write_json
+from pipeline.data.loading import load_config, load_tokenizer
 from pipeline.errors import UserError
-from pipeline.files import atomic_dir, flatten_metrics, write_json
-from pipeline.loading import load_config, load_tokenizer
 from pipeline.params import load_params
-from pipeline.tracking import stage_run
+from pipeline.tracking.cli import exit_on_user_error
+from pipeline.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
+
+PARAMS = {"tokenize": ("model.name_or_path", "tokenize.block_size")}
+"""The params.yaml keys each DVC stage this module runs reads (dvc.yaml lists the same; a test holds them equal)."""
 
 
 def tokenize_splits(
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error():
         params = load_params(args.params, load_model_config=load_config)
-        with stage_run("tokenize", params, ("mlflow", "model", "tokenize"), inputs=[args.prepared]) as run:
+        with stage_run("tokenize", params, PARAMS["tokenize"], inputs=[args.prepared]) as run:
             tokenizer = load_tokenizer(params.model.name_or_path)
             blocks, stats = tokenize_splits(read_splits(args.prepared), tokenizer, params.tokenize.block_size)
             with atomic_dir(args.out) as staging:

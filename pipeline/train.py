@@ -1,9 +1,9 @@
 """Stage 3, train: fine-tune the pretrained model with the freeze policy, on packed blocks, with the HF Trainer.
 
 Writes the fine-tuned model (safetensors, config, tokenizer), the training curve for `dvc plots`, and the
-parameter accounting; logs all of it to MLflow. Checkpoints go to `--checkpoints` (see pipeline/checkpoints.py):
-a rerun after a crash, a kill -9 or a SIGINT/SIGTERM resumes from the newest complete one of the same
-configuration and ends with the outputs an unbroken run would have written.
+parameter accounting; logs all of it to MLflow. Checkpoints go to `--checkpoints` (see
+pipeline/training/checkpoints.py): a rerun after a crash, a kill -9 or a SIGINT/SIGTERM resumes from the newest
+complete one of the same configuration and ends with the outputs an unbroken run would have written.
 """
 
 from __future__ import annotations
@@ -15,33 +15,24 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import set_seed
 
-from pipeline.checkpoints import STEP_LOG, CheckpointStore, base_model_identity, checkpoint_key
-from pipeline.cli import exit_on_user_error
-from pipeline.corpus import read_splits, split_path
+from pipeline.data.corpus import read_splits, split_path
+from pipeline.data.files import atomic_dir, write_json, write_text_atomic
+from pipeline.data.loading import load_config, load_model, load_tokenizer
 from pipeline.errors import UserError
-from pipeline.files import atomic_dir, write_json, write_text_atomic
-from pipeline.freeze import apply_freeze_policy, count_parameters, format_parameter_table
-from pipeline.loading import load_config, load_model, load_tokenizer
 from pipeline.params import Params, load_params
-from pipeline.prefix_cache import prefix_is_frozen, tail_training
-from pipeline.resumable import CheckpointCallback, RecordingTrainer, StepLog, load_final_weights, training_finished
-from pipeline.signals import deferred_signals
-from pipeline.tracking import StageRun, stage_run
-from pipeline.trainee import WholeModelTrainee
-from pipeline.trainer_setup import (
-    bf16_supported,
-    causal_lm_batch,
-    reuse_freed_memory,
-    training_arguments,
-    use_attention,
-    use_deterministic_algorithms,
-)
+from pipeline.tracking.cli import exit_on_user_error
+from pipeline.tracking.runs import StageRun, stage_run
+from pipeline.tracking.signals import deferred_signals
+from pipeline.training.assembly import build_trainer, caches_prefix, prepare_model
+from pipeline.training.checkpoints import STEP_LOG, CheckpointStore, base_model_identity, checkpoint_key
+from pipeline.training.freeze import count_parameters, format_parameter_table
+from pipeline.training.resumable import CheckpointCallback, StepLog, load_final_weights, training_finished
+from pipeline.training.trainer_setup import bf16_supported
 
 log = logging.getLogger(__name__)
 
-# Beside the checkpoints, outside DVC's outputs: the cached frozen-prefix outputs, reused by every rerun whose
-# prefix weights and data are the same (see pipeline/prefix_cache.py).
-PREFIX_CACHE_DIR = Path(".cache/frozen_prefix")
+PARAMS = {"train": ("model.name_or_path", "tokenize.block_size", "freeze", "train")}
+"""The params.yaml keys each DVC stage this module runs reads (dvc.yaml lists the same; a test holds them equal)."""
 
 
 def train(
@@ -69,28 +60,16 @@ def train(
         return step_log, []
     if params.train.checkpoint_steps:
         store.ensure_room(model)  # fail now, not after the first hour
-    block_size = len(blocks[0]["input_ids"])
-    tokens_per_step = params.train.batch_size * params.train.grad_accum_steps * block_size
-    args = training_arguments(params, store.staging, use_bf16)
-    use_deterministic_algorithms(params.train.deterministic)  # before the prefix's matmuls, the first on a GPU
-    reuse_freed_memory()
-    trainee, dataset, collator = WholeModelTrainee(model), blocks.with_format("torch"), causal_lm_batch
-    cache_prefix = params.train.cache_frozen_prefix and prefix_is_frozen(params.freeze)
-    if cache_prefix:
-        model.to(args.device)  # the prefix is computed where the Trainer will train (it would move the model anyway)
-        input_ids = blocks.with_format("torch")[:]["input_ids"]
-        trainee, dataset = tail_training(
-            model, input_ids, params.freeze.trainable_blocks, use_bf16, prefix_cache_dir, params.train.batch_size
-        )
-        collator = None  # the Trainer's default stacks the dataset's tensors
-    run.set_tags({"train.frozen_prefix_cached": str(cache_prefix).lower()})
+    tokens_per_step = params.train.batch_size * params.train.grad_accum_steps * len(blocks[0]["input_ids"])
     with deferred_signals() as stop:
         callback = CheckpointCallback(step_log, store, stop, run, params.train.logging_steps, tokens_per_step)
-        trainer = RecordingTrainer(
-            model=trainee,
-            args=args,
-            train_dataset=dataset,
-            data_collator=collator,
+        trainer = build_trainer(
+            params,
+            model,
+            blocks,
+            output_dir=store.staging,
+            prefix_cache_dir=prefix_cache_dir,
+            use_bf16=use_bf16,
             callbacks=[callback],
             step_log=step_log,
         )
@@ -131,39 +110,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--tokenized", type=Path, required=True, help="folder of packed <split>.parquet")
     parser.add_argument("--checkpoints", type=Path, required=True, help="folder for resumable state (not an output)")
+    parser.add_argument("--prefix-cache", type=Path, required=True, help="folder of cached frozen-prefix outputs")
     parser.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned model")
     parser.add_argument("--curve", type=Path, required=True, help="CSV of step, loss, learning_rate")
+    parser.add_argument("--throughput", type=Path, required=True, help="CSV of step, tokens_per_s (not an output)")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON of final loss and parameter counts")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         params = load_params(args.params, load_model_config=load_config)
-        sections = ("mlflow", "model", "tokenize", "freeze", "train")
-        with stage_run("train", params, sections, inputs=[args.tokenized]) as run:
+        with stage_run("train", params, PARAMS["train"], inputs=[args.tokenized]) as run:
             set_seed(params.train.seed)
             blocks = read_splits(args.tokenized, ("train",))["train"]
             tokenizer = load_tokenizer(params.model.name_or_path)
             model = load_model(params.model.name_or_path)
             check_vocabulary(model, tokenizer, blocks)
             base_model = base_model_identity(params.model.name_or_path, model.config)
-            apply_freeze_policy(model, params.freeze)
-            use_attention(model, params)
+            layout = prepare_model(model, params)
             counts = count_parameters(model)
             log.info("parameters:\n%s", format_parameter_table(counts, params.freeze.head))
             run.log_metrics(counts.as_metrics())
             run.log_group_metrics(counts.as_metrics())
-            run.set_tags({"freeze.head_mode": params.freeze.head})
+            cached = str(caches_prefix(params, layout)).lower()
+            run.set_tags({"freeze.head_mode": params.freeze.head, "train.frozen_prefix_cached": cached})
             use_bf16 = choose_precision(params, run)
             key = checkpoint_key(params, split_path(args.tokenized, "train"), base_model, str(use_bf16))
             store = CheckpointStore(args.checkpoints, key, params.train.keep_checkpoints)
             with store.claimed():
-                prefix_cache_dir = args.checkpoints.parent / PREFIX_CACHE_DIR
-                step_log, throughput = train(params, model, blocks, run, store, use_bf16, prefix_cache_dir)
+                step_log, throughput = train(params, model, blocks, run, store, use_bf16, args.prefix_cache)
                 with atomic_dir(args.out) as staging:
                     model.save_pretrained(staging)
                     tokenizer.save_pretrained(staging)
                 write_curve(args.curve, step_log.curve(params.train.logging_steps))
-                # Throughput is a timing: it lives beside the outputs, not in them (see dvc.yaml's top-level plots).
-                write_curve(args.curve.with_name("train_throughput.csv"), throughput)
+                write_curve(args.throughput, throughput)  # a timing: beside the outputs, not one of them
                 summary = {"train_loss": step_log.mean_loss(), "steps": len(step_log.losses)}
                 write_json(args.metrics, {**summary, "parameters": counts.as_json()})
                 run.log_metrics(summary)

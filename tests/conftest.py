@@ -21,7 +21,7 @@ from transformers import GPT2Config
 REPO = Path(__file__).parents[1]
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tiny models and data. The offline corpus and the tiny pretrained GPT-2 come from pipeline/offline.py, built once
+# Tiny models and data. The offline corpus and the tiny pretrained GPT-2 come from pipeline/offline/, built once
 # per session (the model takes about 10 s); tests read them and must not change them.
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -35,7 +35,7 @@ def tiny_config() -> GPT2Config:
 @pytest.fixture(scope="session")
 def offline_corpus(tmp_path_factory) -> dict[str, Path]:
     """Split name -> generated Wikitext-shaped text file (`train`, `validation`, `test`), default sizes and seed."""
-    from pipeline.offline import write_corpus  # imported here, so a broken offline module fails only its users
+    from pipeline.offline.corpus import write_corpus  # imported here, so a broken offline module fails only its users
 
     return write_corpus(tmp_path_factory.mktemp("offline") / "corpus")
 
@@ -43,7 +43,7 @@ def offline_corpus(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, offline_corpus) -> Path:
     """Folder of the tiny pretrained GPT-2 and its tokenizer (trained on `offline_corpus`'s train split)."""
-    from pipeline.offline import write_tiny_model
+    from pipeline.offline.tiny_model import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("offline") / "tiny-gpt2", [offline_corpus["train"]])
 
@@ -57,6 +57,7 @@ PROJECT_FILES = (
     "pipeline",
     "dvc.yaml",
     "params.yaml",
+    "profiles",
     ".dvcignore",
     ".gitignore",
     ".dvc/config",
@@ -73,6 +74,17 @@ GIT_IDENTITY = {
     "GIT_COMMITTER_NAME": "tests",
     "GIT_COMMITTER_EMAIL": "tests@localhost",
 }
+
+
+def stage_command(dvc_yaml: Path, stage: str) -> str:
+    """A stage's `cmd` with dvc.yaml's `${var}`s filled in from its top-level `vars`, as DVC runs it."""
+    pipeline = yaml.safe_load(dvc_yaml.read_text())
+    command = pipeline["stages"][stage]["cmd"]
+    for entry in pipeline.get("vars") or ():
+        for name, value in entry.items():
+            command = command.replace("${" + name + "}", str(value))
+    assert "${" not in command, f"unresolved variable in {stage}'s command: {command}"
+    return command
 
 
 class PipelineRepo:
@@ -105,7 +117,7 @@ class PipelineRepo:
     def stage_argv(self, stage: str, **options: object) -> list[str]:
         """The stage's command from dvc.yaml as an argv for this interpreter (no DVC involved), with the values
         of the named options replaced: `stage_argv("train", out="models/other")`."""
-        argv = shlex.split(yaml.safe_load((self.root / "dvc.yaml").read_text())["stages"][stage]["cmd"])
+        argv = shlex.split(stage_command(self.root / "dvc.yaml", stage))
         argv[0] = sys.executable
         for name, value in options.items():
             argv[argv.index("--" + name.replace("_", "-")) + 1] = str(value)
@@ -123,7 +135,9 @@ class PipelineRepo:
 @pytest.fixture(scope="session")
 def pipeline_repo_factory(tmp_path_factory, offline_corpus, tiny_model_dir):
     """Make a fresh offline-profile copy of the project, committed, with the session's tiny model and corpus."""
-    from pipeline.offline import OFFLINE_CORPUS_DIR, OFFLINE_MODEL_DIR, offline_overrides
+    from pipeline.offline.profile import load_profile
+
+    profile = load_profile(REPO)
 
     def make(name: str) -> PipelineRepo:
         root = tmp_path_factory.mktemp(name)
@@ -134,12 +148,89 @@ def pipeline_repo_factory(tmp_path_factory, offline_corpus, tiny_model_dir):
                 shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy2(source, target)
-        shutil.copytree(offline_corpus["train"].parent, root / OFFLINE_CORPUS_DIR)
-        shutil.copytree(tiny_model_dir, root / OFFLINE_MODEL_DIR)
+        shutil.copytree(offline_corpus["train"].parent, root / profile.corpus_dir)
+        shutil.copytree(tiny_model_dir, root / profile.model_dir)
         repo = PipelineRepo(root)
-        repo.set_params(offline_overrides())
+        repo.set_params(profile.overrides)
         repo.run("git", "init", "-q")
         repo.commit("offline profile")
         return repo
 
     return make
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MLflow tracking. One SQLite store and one clean git repo per test module (a new store costs seconds of
+# migrations); each test logs to an experiment of its own (`make_params`). Modules that use them say
+# `pytestmark = pytest.mark.usefixtures("tracking_env")`.
+# ---------------------------------------------------------------------------------------------------------------
+
+DVC_ENV = ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI")
+
+
+def git_in(repo: Path, *args: str) -> str:
+    command = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    return subprocess.run([*command, *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def init_git_repo(repo: Path) -> Path:
+    repo.mkdir(parents=True, exist_ok=True)
+    (repo / ".gitignore").write_text("/data/\n/mlruns/\n")
+    git_in(repo, "init", "-q")
+    git_in(repo, "add", ".gitignore")
+    git_in(repo, "commit", "-qm", "init")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """The module's SQLite store URI (`uri`) and clean git repo (`repo`)."""
+    base = tmp_path_factory.mktemp("tracking")
+    return {"uri": f"sqlite:///{base}/mlflow.db", "repo": init_git_repo(base / "repo")}
+
+
+@pytest.fixture
+def tracking_env(store, monkeypatch):
+    for name in DVC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    monkeypatch.setenv("DVC_ROOT", str(store["repo"]))
+    monkeypatch.chdir(store["repo"])
+
+
+@pytest.fixture
+def client(store):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store["uri"])
+
+
+@pytest.fixture
+def make_params(request, tmp_path):
+    """Params from the project's params.yaml, in an experiment of this test's own, with dotted-key overrides."""
+
+    def make(overrides=None, name="params.yaml"):
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        raw["mlflow"]["experiment"] = request.node.name
+        for dotted, value in (overrides or {}).items():
+            section, key = dotted.split(".")
+            raw[section][key] = value
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw))
+        from pipeline.params import load_params
+
+        return load_params(path)
+
+    return make
+
+
+@pytest.fixture
+def git_repo():
+    """`git_repo(path)`: a fresh git repo at `path` with one commit (a .gitignore); returns the path."""
+    return init_git_repo
+
+
+@pytest.fixture
+def git():
+    """`git(repo, *args)`: stdout of a git command run in `repo`, with a fixed identity."""
+    return git_in

@@ -13,8 +13,10 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from pipeline import checkpoints
-from pipeline.checkpoints import (
+from pipeline.errors import UserError
+from pipeline.params import FreezeParams, load_params
+from pipeline.training import checkpoints
+from pipeline.training.checkpoints import (
     MARKER,
     REQUIRED_FILES,
     CheckpointStore,
@@ -22,10 +24,8 @@ from pipeline.checkpoints import (
     checkpoint_problem,
     estimated_checkpoint_bytes,
 )
-from pipeline.errors import UserError
-from pipeline.freeze import apply_freeze_policy
-from pipeline.params import FreezeParams, load_params
-from pipeline.resumable import StepLog, load_final_weights, training_finished
+from pipeline.training.freeze import apply_freeze_policy
+from pipeline.training.resumable import StepLog, load_final_weights, training_finished
 
 REPO_PARAMS = Path(__file__).parents[1] / "params.yaml"
 DiskUsage = namedtuple("DiskUsage", "total used free")
@@ -101,7 +101,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(tmp_path, cap
         store.commit(stage_checkpoint(store, 10))
         newest = store.commit(stage_checkpoint(store, 20))
         damage(newest)
-        with caplog.at_level(logging.WARNING, logger="pipeline.checkpoints"):
+        with caplog.at_level(logging.WARNING, logger="pipeline.training.checkpoints"):
             assert store.resume_point() == store.folder / "checkpoint-10"
     assert problem in caplog.text and "checkpoint-20" in caplog.text
     assert not newest.exists()
@@ -113,7 +113,7 @@ def test_a_checkpoint_of_another_key_is_never_resumed_from(tmp_path, caplog):
     with other.claimed():
         other.commit(stage_checkpoint(other, 40))
     shutil.copytree(other.folder / "checkpoint-40", store.folder / "checkpoint-40")  # copied by hand, say
-    with caplog.at_level(logging.INFO, logger="pipeline.checkpoints"), store.claimed():
+    with caplog.at_level(logging.INFO, logger="pipeline.training.checkpoints"), store.claimed():
         assert store.resume_point() is None
     assert "ignoring checkpoints of 1 other configuration(s)" in caplog.text and "k2" in caplog.text
     assert "saved for configuration k2, not k1" in caplog.text

@@ -12,8 +12,9 @@ import yaml
 from mlflow import MlflowClient
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline import checkpoints, train
-from pipeline.hashing import dvc_md5
+from pipeline import train
+from pipeline.tracking.hashing import dvc_md5
+from pipeline.training import checkpoints
 
 pytestmark = pytest.mark.slow
 

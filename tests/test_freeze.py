@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline.freeze import apply_freeze_policy, count_parameters, format_parameter_table
 from pipeline.params import FreezeParams
+from pipeline.training.freeze import apply_freeze_policy, count_parameters, format_parameter_table
 
 # Worked out by hand for the tiny config (n_embd=32, n_layer=2, vocab 100, n_positions 64):
 # block = ln_1 2*32 + c_attn 32*96+96 + attn c_proj 32*32+32 + ln_2 2*32 + c_fc 32*128+128 + mlp c_proj 128*32+32

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.hashing import dvc_md5
+from pipeline.tracking.hashing import dvc_md5
 
 STAGE = """\
 stages:

@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline import linear_cross_entropy
-from pipeline.linear_cross_entropy import IGNORE_INDEX, causal_lm_loss
-from pipeline.trainer_setup import bf16_supported
+from pipeline.training import linear_cross_entropy
+from pipeline.training.linear_cross_entropy import IGNORE_INDEX, causal_lm_loss
+from pipeline.training.trainer_setup import bf16_supported
 
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 
@@ -19,9 +19,9 @@ def model_and_labels(tiny_config, rows: int = 5, length: int = 12):
     return model, input_ids, labels
 
 
-def fused_loss(model, input_ids, labels, num_items=None):
+def fused_loss(model, input_ids, labels, num_items=None, vocab_multiple=linear_cross_entropy.VOCAB_MULTIPLE):
     hidden = model.transformer(input_ids=input_ids).last_hidden_state
-    return causal_lm_loss(hidden, model.lm_head.weight, labels, num_items)
+    return causal_lm_loss(hidden, model.lm_head.weight, labels, num_items, vocab_multiple)
 
 
 def grads_after(model, loss) -> dict[str, torch.Tensor]:
@@ -78,15 +78,13 @@ def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_do(tiny_config):
     assert hidden.grad[:, -1].abs().sum() == 0  # the last position predicts nothing
 
 
-def test_a_padded_trainable_head_gives_the_unpadded_loss_and_gradients(tiny_config, monkeypatch):
+def test_a_padded_trainable_head_gives_the_unpadded_loss_and_gradients(tiny_config):
     model, input_ids, labels = model_and_labels(tiny_config)  # vocabulary of 100
-    monkeypatch.setattr(linear_cross_entropy, "VOCAB_MULTIPLE", 1)
-    assert linear_cross_entropy.cast_head(model.lm_head.weight, torch.float32).shape[0] == 100
-    unpadded = fused_loss(model, input_ids, labels)
+    assert linear_cross_entropy.cast_head(model.lm_head.weight, torch.float32, vocab_multiple=1).shape[0] == 100
+    unpadded = fused_loss(model, input_ids, labels, vocab_multiple=1)
     unpadded_grads = grads_after(model, unpadded)
-    monkeypatch.setattr(linear_cross_entropy, "VOCAB_MULTIPLE", 64)  # pads the head to 128 rows
-    assert linear_cross_entropy.cast_head(model.lm_head.weight, torch.float32).shape[0] == 128
-    padded = fused_loss(model, input_ids, labels)
+    assert linear_cross_entropy.cast_head(model.lm_head.weight, torch.float32, vocab_multiple=64).shape[0] == 128
+    padded = fused_loss(model, input_ids, labels, vocab_multiple=64)
     padded_grads = grads_after(model, padded)
     torch.testing.assert_close(padded, unpadded, rtol=1e-6, atol=1e-6)
     assert model.lm_head.weight.grad.shape == model.lm_head.weight.shape

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
-from pipeline.lm_metrics import TokenScores, score_blocks
+from pipeline.evaluation.lm_metrics import TokenScores, score_blocks
 
 
 def test_prediction_at_t_is_scored_against_token_t_plus_1():

@@ -10,9 +10,12 @@ import torch
 from dvc.utils.hydra import apply_overrides
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-from pipeline import offline
-from pipeline.loading import load_config
-from pipeline.params import load_params
+from pipeline.data.loading import load_config
+from pipeline.offline import __main__ as offline_command
+from pipeline.offline.corpus import write_corpus
+from pipeline.offline.profile import PROFILE, load_profile
+from pipeline.offline.tiny_model import VOCAB_SIZE, write_tiny_model
+from pipeline.params import hydra_overrides, load_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
@@ -68,12 +71,12 @@ def test_splits_hold_different_articles_of_one_kind(offline_corpus):
 
 
 def test_same_seed_writes_identical_files_and_leaves_torch_state_alone(tmp_path, offline_corpus, tiny_model_dir):
-    corpus = offline.write_corpus(tmp_path / "corpus")
+    corpus = write_corpus(tmp_path / "corpus")
     assert digests(corpus["train"].parent) == digests(offline_corpus["train"].parent)
-    assert digests(offline.write_corpus(tmp_path / "other", seed=1)["train"].parent) != digests(tmp_path / "corpus")
+    assert digests(write_corpus(tmp_path / "other", seed=1)["train"].parent) != digests(tmp_path / "corpus")
 
     rng_state, deterministic = torch.random.get_rng_state(), torch.are_deterministic_algorithms_enabled()
-    model_dir = offline.write_tiny_model(tmp_path / "model", [corpus["train"]])
+    model_dir = write_tiny_model(tmp_path / "model", [corpus["train"]])
     assert digests(model_dir) == digests(tiny_model_dir)
     assert "model.safetensors" in digests(model_dir) and "tokenizer.json" in digests(model_dir)
     assert torch.equal(torch.random.get_rng_state(), rng_state)
@@ -86,7 +89,7 @@ def test_model_and_tokenizer_load_offline_and_agree(monkeypatch, tiny_model_dir,
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert isinstance(model, GPT2LMHeadModel)
-    assert model.config.vocab_size == len(tokenizer) == offline.VOCAB_SIZE
+    assert model.config.vocab_size == len(tokenizer) == VOCAB_SIZE
     assert tokenizer.eos_token == tokenizer.bos_token == tokenizer.unk_token == "<|endoftext|>"
     assert model.config.eos_token_id == model.config.bos_token_id == tokenizer.eos_token_id
     assert tokenizer.pad_token is None
@@ -103,17 +106,18 @@ def test_pretrained_base_model_beats_a_fresh_one(tiny_model_dir, offline_corpus)
     fresh = GPT2LMHeadModel(base.config)
     token_ids = tokenizer(offline_corpus["validation"].read_text(encoding="utf-8"), verbose=False)["input_ids"]
     base_loss, fresh_loss = validation_loss(base, token_ids), validation_loss(fresh, token_ids)
-    assert fresh_loss == pytest.approx(torch.log(torch.tensor(offline.VOCAB_SIZE)).item(), abs=0.2)
+    assert fresh_loss == pytest.approx(torch.log(torch.tensor(VOCAB_SIZE)).item(), abs=0.2)
     assert base_loss < fresh_loss - 3, (base_loss, fresh_loss)
 
 
 def test_overrides_applied_by_dvc_pass_the_params_loader(tmp_path, monkeypatch, offline_corpus, tiny_model_dir):
     # A repo root laid out as `python -m pipeline.offline` leaves it, with params.yaml set as `dvc exp run -S` does.
-    shutil.copytree(offline_corpus["train"].parent, tmp_path / offline.OFFLINE_CORPUS_DIR)
-    shutil.copytree(tiny_model_dir, tmp_path / offline.OFFLINE_MODEL_DIR)
+    profile = load_profile(REPO_ROOT)
+    shutil.copytree(offline_corpus["train"].parent, tmp_path / profile.corpus_dir)
+    shutil.copytree(tiny_model_dir, tmp_path / profile.model_dir)
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
-    overrides = offline.offline_overrides()
-    apply_overrides(tmp_path / "params.yaml", offline.set_param_args(overrides)[1::2])
+    overrides = profile.overrides
+    apply_overrides(tmp_path / "params.yaml", hydra_overrides(overrides))
     monkeypatch.chdir(tmp_path)  # stages run from the repo root, where the override paths are relative to
 
     params = load_params("params.yaml", load_model_config=load_config)
@@ -125,9 +129,12 @@ def test_overrides_applied_by_dvc_pass_the_params_loader(tmp_path, monkeypatch, 
 
 
 def test_main_writes_under_root_and_runs_the_printed_command(tmp_path, monkeypatch, capsys):
+    (tmp_path / PROFILE).parent.mkdir()
+    shutil.copy(REPO_ROOT / PROFILE, tmp_path / PROFILE)
+    profile = load_profile(tmp_path)
     built = {}
     monkeypatch.setattr(
-        offline,
+        offline_command,
         "write_tiny_model",
         lambda out_dir, corpus_files, seed: built.update(out_dir=out_dir, corpus_files=corpus_files),
     )
@@ -140,11 +147,11 @@ def test_main_writes_under_root_and_runs_the_printed_command(tmp_path, monkeypat
     )
 
     with pytest.raises(SystemExit) as exit_info:
-        offline.main(["--root", str(tmp_path), "--run"])
+        offline_command.main(["--root", str(tmp_path), "--run"])
 
     assert exit_info.value.code == 3  # the pipeline's own exit status
-    assert built["out_dir"] == tmp_path / offline.OFFLINE_MODEL_DIR
-    assert built["corpus_files"] == [tmp_path / offline.OFFLINE_CORPUS_DIR / "train.txt"]
-    assert all((tmp_path / offline.OFFLINE_CORPUS_DIR / f"{split}.txt").is_file() for split in ("train", "test"))
+    assert built["out_dir"] == tmp_path / profile.model_dir
+    assert built["corpus_files"] == [tmp_path / profile.corpus_dir / "train.txt"]
+    assert all((tmp_path / profile.corpus_dir / f"{split}.txt").is_file() for split in ("train", "test"))
     assert built["command"][:3] == ["dvc", "exp", "run"] and built["cwd"] == tmp_path
     assert "-S data.train_file=local/corpus/offline/train.txt" in capsys.readouterr().out

@@ -5,7 +5,7 @@ import yaml
 from transformers import GPT2Config
 
 from pipeline.errors import UserError
-from pipeline.params import ParamsError, load_params
+from pipeline.params import ParamsError, hydra_overrides, load_params, read_overrides
 
 REPO_PARAMS = Path(__file__).parents[1] / "params.yaml"
 
@@ -142,3 +142,29 @@ def test_checkpoint_params_take_null_and_refuse_what_would_never_save(tmp_path):
     message = problems(write_params(tmp_path, {"train.checkpoint_steps": 0, "train.keep_checkpoints": 0}))
     assert "train.checkpoint_steps: must be > 0 or null, got 0" in message
     assert "train.keep_checkpoints: must be > 0, got 0" in message
+
+
+def test_a_profile_is_read_as_the_dotted_overrides_dvc_takes(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("train:\n  batch_size: 16\n  bf16: false\n  max_steps: null\nmodel:\n  name_or_path: local/m\n")
+    overrides = read_overrides(profile)
+    assert overrides == {
+        "train.batch_size": 16,
+        "train.bf16": False,
+        "train.max_steps": None,
+        "model.name_or_path": "local/m",
+    }
+    assert hydra_overrides(overrides) == [
+        "train.batch_size=16", "train.bf16=false", "train.max_steps=null", "model.name_or_path=local/m"
+    ]  # fmt: skip
+
+
+def test_a_profile_with_unknown_keys_or_wrong_types_is_refused_with_every_problem(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("train:\n  learnin_rate: 0.1\n  batch_size: '8'\nnope:\n  key: 1\n")
+    with pytest.raises(ParamsError) as error:
+        read_overrides(profile)
+    message = str(error.value)
+    assert "has 3 problem(s)" in message
+    assert "train.learnin_rate: unknown key" in message and "train.batch_size: expected int, got '8'" in message
+    assert "nope: not a section of params.yaml" in message

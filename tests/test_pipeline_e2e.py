@@ -7,7 +7,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline.hashing import dvc_md5
+from pipeline.tracking.hashing import dvc_md5
 
 STAGES = {"prepare", "tokenize", "train", "evaluate_base", "evaluate"}
 

@@ -2,11 +2,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams
-from pipeline.prefix_cache import FrozenPrefixTail, cached_prefix, compute_prefix, prefix_is_frozen
-from pipeline.trainee import WholeModelTrainee
-from pipeline.trainer_setup import bf16_supported
+from pipeline.training.freeze import FrozenLayout, apply_freeze_policy
+from pipeline.training.prefix_cache import FrozenPrefixTail, cached_prefix, compute_prefix
+from pipeline.training.trainee import WholeModelTrainee
+from pipeline.training.trainer_setup import bf16_supported
 
 DROPOUTS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 
@@ -51,10 +51,9 @@ def test_cached_and_uncached_paths_give_the_same_loss_and_gradients(tiny_config,
         assert torch.equal(parameter.grad, expected)
 
 
-def test_the_prefix_is_frozen_only_when_the_embedding_is():
-    assert not prefix_is_frozen(FreezeParams(trainable_blocks=1, train_ln_f=False, head="tied"))
-    assert prefix_is_frozen(FreezeParams(trainable_blocks=1, train_ln_f=False, head="untied"))
-    assert prefix_is_frozen(FreezeParams(trainable_blocks=1, train_ln_f=False, head="frozen"))
+@pytest.mark.parametrize(("head", "frozen"), [("tied", False), ("untied", True), ("frozen", True)])
+def test_the_prefix_is_frozen_only_when_the_embedding_is(tiny_config, head, frozen):
+    assert FrozenLayout.of(frozen_prefix_model(tiny_config, head)).prefix_is_frozen is frozen
 
 
 def test_disk_cache_is_reused_for_the_same_prefix_and_data_only(tiny_config, tmp_path):
@@ -86,7 +85,7 @@ def test_trainer_on_the_cached_prefix_ends_with_the_same_weights(tiny_config, tm
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    from pipeline.prefix_cache import tail_training
+    from pipeline.training.prefix_cache import tail_training
 
     input_ids = tokens(tiny_config, rows=12)
     args = TrainingArguments(
@@ -113,9 +112,7 @@ def test_trainer_on_the_cached_prefix_ends_with_the_same_weights(tiny_config, tm
         data_collator=full_batch,
     ).train()
     tailed = frozen_prefix_model(tiny_config, "untied", dropout=0.3)
-    tail, dataset = tail_training(
-        tailed, input_ids, trainable_blocks=1, bf16=False, cache_dir=tmp_path / "cache", batch_size=4
-    )
+    tail, dataset = tail_training(tailed, input_ids, bf16=False, cache_dir=tmp_path / "cache", batch_size=4)
     Trainer(model=tail, args=args, train_dataset=dataset).train()
     for (name, expected), actual in zip(whole.state_dict().items(), tailed.state_dict().values(), strict=True):
         assert torch.equal(expected, actual), name

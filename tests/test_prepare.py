@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from pipeline.corpus import read_splits, write_splits
+from pipeline.data.corpus import read_splits, write_splits
 from pipeline.errors import UserError
 from pipeline.params import SPLITS, DataParams
 from pipeline.prepare import prepare, split_documents, split_stats

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pipeline.reproduce import compare_metrics
+from pipeline.reproduce.checks import compare_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from pipeline.signals import Interrupted, deferred_signals, signals_raise
+from pipeline.tracking.signals import Interrupted, deferred_signals, signals_raise
 
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

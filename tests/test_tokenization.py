@@ -3,7 +3,7 @@ import pytest
 from datasets import Dataset
 from transformers import AutoTokenizer
 
-from pipeline.blocks import pack_blocks, tokenize_text
+from pipeline.data.blocks import pack_blocks, tokenize_text
 from pipeline.errors import UserError
 from pipeline.tokenization import tokenize_splits
 

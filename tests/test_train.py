@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from transformers import GPT2LMHeadModel
 
 from pipeline.params import Params
-from pipeline.trainer_setup import use_attention
+from pipeline.training.trainer_setup import use_attention
 
 pytestmark = pytest.mark.slow
 
@@ -192,7 +192,7 @@ def test_training_attention_is_the_params_and_eager_on_long_blocks_is_flagged(
         tokenize=dataclasses.replace(defaults.tokenize, block_size=block_size),
     )
     model = GPT2LMHeadModel(tiny_config)
-    with caplog.at_level("WARNING", logger="pipeline.trainer_setup"):
+    with caplog.at_level("WARNING", logger="pipeline.training.trainer_setup"):
         use_attention(model, params)
     assert model.config._attn_implementation == attention
     assert ("sdpa was faster" in caplog.text) == warns

@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline.freeze import apply_freeze_policy
 from pipeline.params import FreezeParams
-from pipeline.trainee import WholeModelTrainee
+from pipeline.training.freeze import apply_freeze_policy
+from pipeline.training.trainee import WholeModelTrainee
 
 
 def trainee_for(tiny_config, head: str, dropout: float = 0.3) -> WholeModelTrainee:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.params import Params
-from pipeline.trainer_setup import CUBLAS_WORKSPACE, training_arguments, use_deterministic_algorithms
+from pipeline.training.trainer_setup import CUBLAS_WORKSPACE, training_arguments, use_deterministic_algorithms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_the_trainer_is_not_asked_for_full_determinism(tmp_path):
 FREE_A_LARGE_TENSOR = """
 import sys
 import psutil, torch
-from pipeline.trainer_setup import reuse_freed_memory
+from pipeline.training.trainer_setup import reuse_freed_memory
 applied = reuse_freed_memory(sys.argv[1] == "reuse")
 large = torch.ones(64 * 2**20)  # 256 MB: glibc would mmap it and munmap it when freed
 del large

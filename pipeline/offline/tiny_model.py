@@ -1,20 +1,10 @@
-"""Offline profile: a generated Wikitext-shaped corpus and a tiny pretrained GPT-2, for runs without the hub.
-
-`python -m pipeline.offline` writes both under local/ (which dvc.yaml declares as dependencies) and prints the
-`dvc exp run -S ...` command that runs the same stages on them; `--run` runs it. Nothing is downloaded or copied:
-the text comes from `pipeline.synthetic_text`'s grammar, and the tokenizer and model are trained here, in seconds,
-on CPU. The same seed writes byte-identical files, so pipeline outputs can be compared across runs.
-"""
+"""The offline base model: a byte-level BPE tokenizer and a tiny GPT-2 pretrained on generated text, on CPU."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
-import shlex
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,14 +15,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-from pipeline import synthetic_text
-from pipeline.cli import configure_logging
-from pipeline.files import atomic_dir, write_text_atomic
+from pipeline.data.files import atomic_dir
+from pipeline.offline import synthetic_text
 
 log = logging.getLogger(__name__)
 
-OFFLINE_CORPUS_DIR = Path("local/corpus/offline")
-OFFLINE_MODEL_DIR = Path("local/models/tiny-gpt2")
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: bos, eos and unk at once
 
 VOCAB_SIZE = 1024
@@ -40,32 +27,15 @@ VOCAB_SIZE = 1024
 TINY_GPT2 = {"n_layer": 4, "n_head": 4, "n_embd": 64, "n_positions": 256}
 """GPT-2's architecture at 0.28M parameters; four blocks leave room to freeze all but the last few."""
 PRETRAIN_STEPS = 200
-"""About 8 s on two cores; takes the validation loss from ln(1024) = 6.9 to about 2.5 and leaves fine-tuning
-something to gain (a plain loop with the offline profile's settings took it to 2.05), as GPT-2 has on Wikitext."""
+"""Enough to take the validation loss from ln(1024) = 6.9 to about 2.5, cheaply on a CPU, and to leave fine-tuning
+something to gain, as GPT-2 has on Wikitext (docs/performance.md)."""
 PRETRAIN_BATCH_SIZE = 8
 PRETRAIN_BLOCK_SIZE = 128
 """Pretraining windows; half of n_positions keeps steps cheap and covers the offline block_size (64) twice."""
 PRETRAIN_LEARNING_RATE = 1.0e-2
-"""High for a large model, right for 0.28M parameters and 200 steps (3e-3 ended about 0.3 nats worse in trials)."""
+"""High for a large model, right for 0.28M parameters and 200 steps (a lower one ended worse: docs/performance.md)."""
 PRETRAIN_WORDS = 70_000
 """Size of the separate pretraining corpus, the same as the target's train split."""
-
-
-def write_corpus(
-    out_dir: Path, seed: int = 0, *, train_words: int = 70_000, validation_words: int = 7_000, test_words: int = 7_000
-) -> dict[str, Path]:
-    """Write train.txt, validation.txt and test.txt of generated Wikitext-raw-shaped text; returns split -> path.
-
-    One random stream draws the three splits in turn, and no article title repeats across them, so validation and
-    test come from train's distribution without copying any of its articles.
-    """
-    rng = random.Random(seed)
-    taken_titles: set[str] = set()
-    paths = {}
-    for split, words in (("train", train_words), ("validation", validation_words), ("test", test_words)):
-        paths[split] = out_dir / f"{split}.txt"
-        write_text_atomic(paths[split], "\n".join(synthetic_text.generate_lines(rng, words, taken_titles)) + "\n")
-    return paths
 
 
 def train_tokenizer(corpus_files: Sequence[Path]) -> GPT2TokenizerFast:
@@ -163,55 +133,3 @@ def write_tiny_model(out_dir: Path, corpus_files: Sequence[Path], seed: int = 0)
         out_dir,
     )
     return out_dir
-
-
-def offline_overrides(corpus_dir: Path = OFFLINE_CORPUS_DIR, model_dir: Path = OFFLINE_MODEL_DIR) -> dict[str, object]:
-    """The params.yaml values (dotted keys) that point the pipeline at the offline corpus and model.
-
-    Paths are as dvc.yaml's stages see them, relative to the repo root. Training settings suit the tiny model:
-    three passes over about 1,540 blocks of 64 tokens at batch 16 (291 steps) take about 10 s on two cores and
-    lower the validation loss by about 0.45 nats (2e-3 gives 0.3, GPT-2's 5e-5 only 0.03).
-    """
-    return {
-        "data.source": "local",
-        **{f"data.{split}_file": (corpus_dir / f"{split}.txt").as_posix() for split in ("train", "validation", "test")},
-        "model.name_or_path": model_dir.as_posix(),
-        "tokenize.block_size": 64,
-        "train.epochs": 3.0,
-        "train.batch_size": 16,
-        "train.learning_rate": 5.0e-3,
-        "train.logging_steps": 10,
-        "train.bf16": False,  # a 64-wide model gains nothing from bf16, and fp32 runs the same on CPUs without it
-        "evaluate.batch_size": 32,
-    }
-
-
-def set_param_args(overrides: dict[str, object]) -> list[str]:
-    """`dvc exp run` arguments that apply `overrides` (`-S key=value`, values in Hydra's override grammar)."""
-    args = []
-    for key, value in overrides.items():
-        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-        args += ["-S", f"{key}={text}"]
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("."), help="repo root, where dvc.yaml and local/ are")
-    parser.add_argument("--run", action="store_true", help="then run the pipeline on them with `dvc exp run`")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus, tokenizer and model")
-    args = parser.parse_args(argv)
-    configure_logging()
-    corpus = write_corpus(args.root / OFFLINE_CORPUS_DIR, args.seed)
-    for split, path in corpus.items():
-        log.info("%s: %s words in %s", split, f"{len(path.read_text(encoding='utf-8').split()):,}", path)
-    write_tiny_model(args.root / OFFLINE_MODEL_DIR, [corpus["train"]], args.seed)
-    command = ["dvc", "exp", "run", *set_param_args(offline_overrides())]
-    print(f"Offline corpus in {args.root / OFFLINE_CORPUS_DIR}, tiny GPT-2 in {args.root / OFFLINE_MODEL_DIR}.")
-    print(f"Run the pipeline on them (from {args.root}):\n  {shlex.join(command)}")
-    if args.run:
-        sys.exit(subprocess.run(command, cwd=args.root, check=False).returncode)
-
-
-if __name__ == "__main__":
-    main()

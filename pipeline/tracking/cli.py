@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pipeline.errors import UserError
-from pipeline.signals import Interrupted, signals_raise
+from pipeline.tracking.signals import Interrupted, signals_raise
 
 log = logging.getLogger("pipeline")
 

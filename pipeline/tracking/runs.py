@@ -4,11 +4,11 @@
 each computes a group key (params digest, git commit, dirty flag, DVC experiment name) and joins the newest RUNNING
 parent ("group") run with that key, or creates it. The group run holds *all* params and, from the last stage
 (`closes_group=True`, which also sets it FINISHED), the headline metrics, so the MLflow UI compares configurations
-row by row without opening child runs. A stage's own run is a child with the params sections it reads, its metrics,
+row by row without opening child runs. A stage's own run is a child with the params it reads, its metrics,
 artifacts and the DVC hash of each input. A failing stage ends its run and the group FAILED (KILLED when
 interrupted), so a retry starts a new group; a stage that succeeds without closing leaves the group RUNNING. A
 stage killed too hard to do any of that (kill -9) leaves both RUNNING until the next stage marks them FAILED
-(pipeline/stale_runs.py, which says how it recognises them).
+(pipeline/tracking/stale_runs.py, which says how it recognises them).
 
 The store is SQLite under `<repo root>/mlruns/` (MLflow 3.x refuses a plain `./mlruns` file store unless forced).
 The root comes from `DVC_ROOT`, which DVC sets to the *original* repo even when `dvc exp run --temp/--queue` runs
@@ -29,9 +29,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from pipeline.errors import UserError
-from pipeline.lineage import git, group_key, input_tags, lineage_tags, redact
 from pipeline.params import Params
-from pipeline.stale_runs import fail_stale_runs, process_tags
+from pipeline.tracking.lineage import git, group_key, input_tags, lineage_tags, redact
+from pipeline.tracking.stale_runs import fail_stale_runs, process_tags
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +91,18 @@ class StageRun:
 def stage_run(
     stage: str,
     params: Params,
-    sections: Sequence[str],
+    reads: Sequence[str],
     inputs: Sequence[Path] = (),
     *,
     closes_group: bool = False,
 ) -> Iterator[StageRun]:
     """Track one stage as a child run of its pipeline execution's group run (see the module docstring).
 
-    Logs the params of `sections`, lineage tags, one `input.<path>` tag per input (its dvc.lock md5) and
-    `duration_s`. Any exception ends the stage run and the group run FAILED (KILLED for Ctrl-C or a non-zero
-    `sys.exit`), with an `error` tag, and propagates.
+    Logs the params `reads` names (sections or dotted keys, as in dvc.yaml), lineage tags, one `input.<path>` tag
+    per input (its dvc.lock md5) and `duration_s`. Any exception ends the stage run and the group run FAILED
+    (KILLED for Ctrl-C or a non-zero `sys.exit`), with an `error` tag, and propagates.
     """
-    run = _open_runs(stage, params, sections, inputs)
+    run = _open_runs(stage, params, reads, inputs)
     started = time.perf_counter()
     try:
         yield run
@@ -116,7 +116,7 @@ def stage_run(
     _finish(run, started, closes_group)
 
 
-def _open_runs(stage: str, params: Params, sections: Sequence[str], inputs: Sequence[Path]) -> StageRun:
+def _open_runs(stage: str, params: Params, reads: Sequence[str], inputs: Sequence[Path]) -> StageRun:
     root = repo_root()
     lineage = lineage_tags(root, params, stage)
     inputs_hashed = input_tags(root, inputs)  # before any run exists, so a hashing error leaves nothing RUNNING
@@ -126,9 +126,15 @@ def _open_runs(stage: str, params: Params, sections: Sequence[str], inputs: Sequ
     group_run_id = _group_run_id(client, experiment_id, params, lineage, group_key(root, params, lineage))
     tags = {**lineage, **inputs_hashed, **process_tags(), "mlflow.parentRunId": group_run_id}
     run_id = client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id
-    _log_params(client, run_id, {key: value for key, value in params.flat().items() if key.split(".")[0] in sections})
+    read = {key: value for key, value in params.flat().items() if any(_names(name, key) for name in reads)}
+    _log_params(client, run_id, read)
     logger.info("MLflow run %s (stage %s) in group %s at %s", run_id, stage, group_run_id, tracking_uri(root))
     return StageRun(client, run_id, group_run_id)
+
+
+def _names(name: str, key: str) -> bool:
+    """Whether dvc.yaml's params entry `name` (a section, or a dotted key) covers the flat key `key`."""
+    return key == name or key.startswith(name + ".")
 
 
 def _client(root: Path) -> MlflowClient:

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.hashing import dvc_md5
 from pipeline.params import Params
+from pipeline.tracking.hashing import dvc_md5
 
 logger = logging.getLogger(__name__)
 
 # DVC rewrites dvc.lock after every stage and .gitignore for new outputs, and the first stage creates mlruns/, so
 # these must not change the group key between two stages of one execution; the `git.dirty` tag still counts them.
 _BOOKKEEPING_PATHSPECS = (":(exclude,glob)**/dvc.lock", ":(exclude,glob)**/.gitignore", ":(exclude)mlruns")
+# `${name}` in dvc.yaml: a top-level var (DVC's templating).
+_TEMPLATE_VAR = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
 # MLflow's key alphabet (its own error message lists it); any other character of a file name becomes "_".
 _INVALID_KEY_CHARS = re.compile(r"[^\w\-. :/]")
 # Environment variables whose values are credentials wherever they appear (HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...).
@@ -72,12 +74,21 @@ def _stage_output_pathspecs(root: Path) -> list[str]:
     (they are committed), so without this the second stage of an execution would see the first one's metrics as
     uncommitted changes and start a group of its own."""
     try:
-        stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+        pipeline = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))
+        variables = {
+            key: value
+            for entry in pipeline.get("vars") or ()
+            if isinstance(entry, dict)
+            for key, value in entry.items()
+        }
         kinds = ("outs", "metrics", "plots")
-        declared = [entry for stage in stages.values() for kind in kinds for entry in stage.get(kind) or ()]
+        stages = pipeline["stages"].values()
+        declared = [entry for stage in stages for kind in kinds for entry in stage.get(kind) or ()]
+        paths = [entry if isinstance(entry, str) else next(iter(entry)) for entry in declared]
+        resolved = [_TEMPLATE_VAR.sub(lambda match: str(variables[match[1]]), path) for path in paths]
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return []  # no dvc.yaml (a stage run by hand elsewhere), or one DVC itself would refuse
-    return [f":(exclude){entry if isinstance(entry, str) else next(iter(entry))}" for entry in declared]
+    return [f":(exclude){path}" for path in resolved]
 
 
 def input_tags(root: Path, inputs: Sequence[Path]) -> dict[str, str]:

@@ -29,14 +29,15 @@ import torch
 import transformers
 
 from pipeline.errors import UserError
-from pipeline.hashing import dvc_md5, file_md5
 from pipeline.params import Params
+from pipeline.tracking.hashing import dvc_md5, file_md5
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 2
 """Part of the key: bump it when what a checkpoint holds, or what training computes from the same params, changes,
-so older checkpoints stop matching (2: fused head loss, no dropout in frozen blocks)."""
+so older checkpoints stop matching (2: the trainee's fused head loss, padded head, one-kernel GELU and frozen blocks
+without dropout)."""
 MARKER = "complete.json"
 STEP_LOG = "step_log.json"
 # Without any of these the Trainer would resume silently from a weaker state (fresh optimizer, unseeded RNG).

@@ -1,7 +1,8 @@
-"""How the train stage sets up the HF Trainer: precision, attention kernel, batches and TrainingArguments.
+"""How the train stage sets up the HF Trainer: precision, attention kernel, determinism, malloc, batches and
+TrainingArguments.
 
-Apart from pipeline/train.py (the stage: data, checkpoints, MLflow), so the benchmarks build their Trainers exactly as
-the stage does without importing its tracking.
+pipeline/training/assembly.py puts these together for the train stage and the benchmarks alike, so a benchmark
+measures what `dvc repro` runs.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ def bf16_supported() -> bool:
 
 
 CUBLAS_WORKSPACE = ":16:8"
-"""cuBLAS workspace that deterministic algorithms require on a GPU (docs/notes/randomness), the Trainer's choice too.
-torch warns that it caps cuBLASLt's workspace at 128 KB, but on the H100 the larger :4096:8 was no faster: GPU-sized
-tied-head steps took 67.8 ms with it and 56.6 ms with :16:8 (one run each, so within noise or worse)."""
+"""cuBLAS workspace that deterministic algorithms require on a GPU (torch's "Reproducibility" notes,
+https://pytorch.org/docs/stable/notes/randomness.html), the Trainer's choice too. torch warns that it caps
+cuBLASLt's workspace at 128 KB, but the larger :4096:8 was no faster on an H100 (docs/performance.md)."""
 
 
 def use_deterministic_algorithms(enabled: bool) -> None:
@@ -42,14 +43,14 @@ def use_deterministic_algorithms(enabled: bool) -> None:
     cuBLAS workspace they require (an explicit CUBLAS_WORKSPACE_CONFIG wins).
 
     In place of the Trainer's `full_determinism`, which does the same and also sets CUDA_LAUNCH_BLOCKING=1, making
-    every kernel launch wait for the GPU: a debugging aid that no result depends on. Where it takes effect (set
-    before CUDA starts), GPU-sized steps on the H100 took 88.6 instead of 56.6 ms (tied head, 16 x 1024) and 43.8
-    instead of 35.6 ms (untied head, cached prefix). The seeds are the Trainer's either way (`set_seed(args.seed)`):
-    on the CPU, the offline pipeline's outputs are byte-identical to those under `full_determinism`.
+    every kernel launch wait for the GPU: a debugging aid that no result depends on, and a slower GPU step wherever
+    it takes effect (set before CUDA starts; docs/performance.md). The seeds are the Trainer's either way
+    (`set_seed(args.seed)`): on the CPU, the offline pipeline's outputs are byte-identical to those under
+    `full_determinism`.
 
     Deterministic mode also fills every new tensor with NaN, so that code reading memory it never wrote shows it
-    (torch.utils.deterministic). That too is a debugging aid and changes no result; it is turned off here, which
-    made a tied-head Trainer step 2-3% faster on the 2-core CPU (1.127 vs 1.100 s, alternating in one process).
+    (torch.utils.deterministic). That too is a debugging aid and changes no result, and it costs time at every step;
+    it is turned off here (docs/performance.md).
     """
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)

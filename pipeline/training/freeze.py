@@ -46,11 +46,45 @@ def apply_freeze_policy(model: GPT2LMHeadModel, policy: FreezeParams) -> None:
         model.lm_head.requires_grad_(True)
 
 
+def head_is_tied(model: GPT2LMHeadModel) -> bool:
+    """Whether lm_head and the input embedding are one tensor (GPT-2's default)."""
+    return model.lm_head.weight is model.transformer.wte.weight
+
+
 def untie_lm_head(model: GPT2LMHeadModel) -> None:
     """Give lm_head its own copy of the embedding weights; the config says so, so save/load keeps them apart."""
-    if model.lm_head.weight is model.transformer.wte.weight:
+    if head_is_tied(model):
         model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())
     model.config.tie_word_embeddings = False
+
+
+@dataclass(frozen=True)
+class FrozenLayout:
+    """What the freeze policy made of a model's structure, read once from its tensors (not from params), for the
+    parts of training that depend on it: which modules run without dropout, what the prefix cache may skip, how a
+    tied head is saved, how far backward reaches."""
+
+    head_tied: bool
+    first_trainable_block: int
+    """Index of the lowest block with a trainable parameter; the number of blocks when none trains."""
+    embedding_trains: bool
+
+    @classmethod
+    def of(cls, model: GPT2LMHeadModel) -> FrozenLayout:
+        transformer = model.transformer
+        blocks = transformer.h
+        first = next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())), None)
+        return cls(
+            head_tied=head_is_tied(model),
+            first_trainable_block=len(blocks) if first is None else first,
+            embedding_trains=transformer.wte.weight.requires_grad or transformer.wpe.weight.requires_grad,
+        )
+
+    @property
+    def prefix_is_frozen(self) -> bool:
+        """The embedding and every block below the first trainable one stay fixed, so their output for a block of
+        tokens never changes while training (false with the `tied` head, whose embedding trains)."""
+        return not self.embedding_trains
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,22 @@
-"""Prove that the pipeline reproduces, for CI: `python -m pipeline.reproduce twice|lock`.
-
-`twice` runs the pipeline from clean in two fresh clones of HEAD and compares every stage output's DVC hash and
-every metric. `lock` runs it once in a fresh clone and compares with the committed dvc.lock and metrics files.
-Both print one line per output and exit 1 when anything differs, so a change that makes results drift fails CI.
-
-A fresh clone has no DVC cache and no outputs, so `dvc repro` there really recomputes every stage. Git-ignored
-inputs under `local/` (local corpus and models) are copied in; `--offline` generates the offline profile's tiny
-model and corpus in each clone instead, and points params at them.
-"""
+"""The checks behind `python -m pipeline.reproduce`: run the pipeline in fresh clones, compare hashes and metrics."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from dvc.utils.hydra import apply_overrides
 
-from pipeline import offline
-from pipeline.cli import configure_logging
-from pipeline.files import flatten_metrics, read_json
+from pipeline.data.files import flatten_metrics, read_json
+from pipeline.offline.corpus import write_corpus
+from pipeline.offline.profile import load_profile
+from pipeline.offline.tiny_model import write_tiny_model
+from pipeline.params import hydra_overrides
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +47,10 @@ def fresh_clone(repo: Path, target: Path) -> Path:
 def run_pipeline(workdir: Path, overrides: list[str], offline_profile: bool) -> None:
     """`dvc repro` in `workdir`, after the offline profile's assets and params (if asked) and the overrides."""
     if offline_profile:
-        corpus = offline.write_corpus(workdir / offline.OFFLINE_CORPUS_DIR)
-        offline.write_tiny_model(workdir / offline.OFFLINE_MODEL_DIR, [corpus["train"]])
-        overrides = offline.set_param_args(offline.offline_overrides())[1::2] + overrides
+        profile = load_profile(workdir)
+        corpus = write_corpus(workdir / profile.corpus_dir)
+        write_tiny_model(workdir / profile.model_dir, [corpus["train"]])
+        overrides = hydra_overrides(profile.overrides) + overrides
     if overrides:
         apply_overrides(workdir / "params.yaml", overrides)  # what `dvc exp run -S` does, comments kept
     log.info("dvc repro in %s", workdir)
@@ -141,38 +133,3 @@ def check_lock(repo: Path, scratch: Path, tolerance: float) -> tuple[str, bool]:
     if status.returncode != 0:
         text += "\n`dvc status` is not clean after the fresh run"
     return text, ok
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, default=Path("."), help="git repo to check (its HEAD)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch clones and print where they are")
-    modes = parser.add_subparsers(dest="mode", required=True)
-    twice = modes.add_parser("twice", help="run twice from clean and compare")
-    twice.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], help="key=value, as dvc")
-    twice.add_argument("--offline", action="store_true", help="on the generated offline model and corpus")
-    lock = modes.add_parser("lock", help="rerun from clean and compare with the committed dvc.lock and metrics")
-    lock.add_argument("--tolerance", type=float, default=0.0, help="absolute tolerance on metrics (default 0)")
-    args = parser.parse_args(argv)
-    configure_logging()
-    repo = args.repo.resolve()
-    if subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout.strip():
-        log.warning("%s has uncommitted changes: the check runs HEAD without them", repo)
-    scratch = Path(tempfile.mkdtemp(prefix="reproduce-"))
-    try:
-        if args.mode == "twice":
-            text, ok = check_twice(repo, scratch, args.overrides, args.offline)
-        else:
-            text, ok = check_lock(repo, scratch, args.tolerance)
-    finally:
-        if args.keep:
-            log.info("scratch clones kept in %s", scratch)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
-    print(text)
-    print("REPRODUCED" if ok else "NOT REPRODUCED")
-    sys.exit(0 if ok else 1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,16 +1,16 @@
-"""What the Trainer trains: GPT-2 behind a thin module whose loss fuses the head (pipeline.linear_cross_entropy)
-and whose frozen blocks run without dropout.
+"""What the Trainer trains: GPT-2 behind a thin module whose loss fuses the head
+(pipeline.training.linear_cross_entropy) and whose frozen blocks run without dropout.
 
 Frozen blocks run in eval mode: they learn nothing, so their dropout would only add noise to the trainable blocks'
-input, and it cost a fifth to a quarter of an untied- or frozen-head step on CPU (the random masks, and attention
-falling back from the fused kernel to the unfused one when dropout is on). It also makes the prefix a fixed
-function of the tokens, which is what lets pipeline.prefix_cache train on its cached output and get the same loss.
+input, and it is costly (the random masks, and attention falling back from the fused kernel to the unfused one when
+dropout is on; docs/performance.md). It also makes the prefix a fixed function of the tokens, which is what lets
+pipeline.training.prefix_cache train on its cached output and get the same loss.
 The embedding dropout counts as part of the prefix unless the embedding trains (the `tied` head).
 
 GPT-2's activation, `gelu_new`, is the tanh approximation of GELU written as five elementwise ops, each a pass over
 memory and an autograd node; the trainee swaps it for torch's `gelu(approximate="tanh")`, the same function in one
-kernel (transformers' `gelu_pytorch_tanh`), which made a step 4-5% faster. The config is left as it is, so the saved
-model is unchanged.
+kernel (transformers' `gelu_pytorch_tanh`; its gain: docs/performance.md). The config is left as it is, so the
+saved model is unchanged.
 
 The module's state dict is the wrapped model's, key for key, so the Trainer's checkpoints load into
 GPT2LMHeadModel and back.
@@ -24,17 +24,8 @@ from transformers import GPT2LMHeadModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutput
 
-from pipeline.linear_cross_entropy import causal_lm_loss
-
-
-def first_trainable_block(model: GPT2LMHeadModel) -> int:
-    """Index of the lowest block with a trainable parameter (the number of blocks if none trains)."""
-    blocks = model.transformer.h
-    return next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())), len(blocks))
-
-
-def embedding_trains(model: GPT2LMHeadModel) -> bool:
-    return model.transformer.wte.weight.requires_grad or model.transformer.wpe.weight.requires_grad
+from pipeline.training.freeze import FrozenLayout
+from pipeline.training.linear_cross_entropy import VOCAB_MULTIPLE, causal_lm_loss
 
 
 class Trainee(nn.Module):
@@ -44,11 +35,13 @@ class Trainee(nn.Module):
         super().__init__()
         self.model = model
         self.config = model.config  # the Trainer reads it
+        self.layout = FrozenLayout.of(model)
         transformer = model.transformer
-        self.frozen_prefix = list(transformer.h[: first_trainable_block(model)])
-        if not embedding_trains(model):
+        self.frozen_prefix = list(transformer.h[: self.layout.first_trainable_block])
+        if self.layout.prefix_is_frozen:
             self.frozen_prefix.insert(0, transformer.drop)
         self._head_cast: tuple[tuple, torch.Tensor] | None = None
+        self.vocab_multiple = VOCAB_MULTIPLE  # rows a trainable head is padded to (the ablation turns it off)
         if model.config.activation_function == "gelu_new":
             for block in transformer.h:
                 block.mlp.act = ACT2FN["gelu_pytorch_tanh"]
@@ -63,7 +56,7 @@ class Trainee(nn.Module):
         """The wrapped model's own keys; a tied head is stored once, as `save_pretrained` stores it (safetensors
         refuses shared tensors)."""
         state = self.model.state_dict(*args, **kwargs)
-        if self.model.lm_head.weight is self.model.transformer.wte.weight:
+        if self.layout.head_tied:
             state.pop("lm_head.weight", None)
         return state
 
@@ -71,15 +64,14 @@ class Trainee(nn.Module):
         """Into the wrapped model; a tied head, missing from the file, comes back as `wte` and is not reported
         missing (the Trainer would warn, or look for attributes this module does not have)."""
         result = self.model.load_state_dict(state_dict, strict=False, assign=assign)
-        tied = self.model.lm_head.weight is self.model.transformer.wte.weight
-        missing = [key for key in result.missing_keys if not (tied and key == "lm_head.weight")]
+        missing = [key for key in result.missing_keys if not (self.layout.head_tied and key == "lm_head.weight")]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(f"state dict does not fit: missing {missing}, unexpected {result.unexpected_keys}")
         return result._replace(missing_keys=missing)
 
     def head_weight(self) -> torch.Tensor:
-        """The head's weight; a frozen one under autocast already cast, once, instead of at every step (casting
-        GPT-2's 38.6M-weight head took about 5% of a cached-prefix step)."""
+        """The head's weight. Under autocast a frozen one is cast once and reused: autocast would recast GPT-2's
+        38.6M-weight head at every step (docs/performance.md)."""
         weight = self.model.lm_head.weight
         device_type = weight.device.type
         if weight.requires_grad or not torch.is_autocast_enabled(device_type):
@@ -94,7 +86,8 @@ class Trainee(nn.Module):
         """Loss of the head on `last_hidden_states` (after ln_f). `loss_kwargs` carries the Trainer's
         `num_items_in_batch`, so the loss is normalised exactly as the whole model's own would be (the Trainer
         passes it because forward takes **kwargs)."""
-        loss = causal_lm_loss(last_hidden_states, self.head_weight(), labels, loss_kwargs.get("num_items_in_batch"))
+        num_items = loss_kwargs.get("num_items_in_batch")
+        loss = causal_lm_loss(last_hidden_states, self.head_weight(), labels, num_items, self.vocab_multiple)
         return CausalLMOutput(loss=loss)
 
 

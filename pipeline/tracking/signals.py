@@ -2,7 +2,8 @@
 
 Python turns SIGINT into KeyboardInterrupt, but SIGTERM (what `kill`, systemd, Kubernetes and batch schedulers send
 before SIGKILL) ends the process at once by default, skipping every `except` and `finally`: the MLflow run would
-stay RUNNING. Here both raise `Interrupted`, a KeyboardInterrupt, which `tracking.stage_run` already ends KILLED.
+stay RUNNING. Here both raise `Interrupted`, a KeyboardInterrupt, which `pipeline.tracking.runs.stage_run` already
+ends KILLED.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ suffix `.dir`.
 The listing is reimplemented here (a few lines) rather than taken from dvc_data, because the piece of dvc_data
 that walks and hashes a directory (`dvc_data.hashfile.build._build_tree`) is private and wants an object store,
 while the public `Tree.digest()` would still need our own walk; and every stage imports this module through
-`pipeline.tracking`, which should not load DVC. The format cannot drift silently: DVC would have to rehash every
+`pipeline.tracking.runs`, which should not load DVC. The format cannot drift silently: DVC would have to rehash every
 dvc.lock in existence to change it (it did so once, from 2.x to 3.x), and tests/test_hashing.py checks this code
 against what `dvc repro` writes. The format, from dvc_data 3.x `hashfile/tree.py` (`Tree.as_list`, `as_bytes`,
 `digest`): `json.dumps(sorted([{"md5": <file md5>, "relpath": <posix path>}, ...], key=relpath), sort_keys=True)`.

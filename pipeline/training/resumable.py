@@ -21,9 +21,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
-from pipeline.checkpoints import STEP_LOG, CheckpointStore
-from pipeline.signals import StopRequest
-from pipeline.tracking import StageRun
+from pipeline.tracking.runs import StageRun
+from pipeline.tracking.signals import StopRequest
+from pipeline.training.checkpoints import STEP_LOG, CheckpointStore
+from pipeline.training.freeze import head_is_tied
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def load_final_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     weights = load_file(checkpoint / "model.safetensors")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # safetensors stores a tied tensor once: a tied lm_head is missing from the file but loaded as wte.
-    tied = {"lm_head.weight"} if model.get_output_embeddings().weight is model.get_input_embeddings().weight else set()
+    tied = {"lm_head.weight"} if head_is_tied(model) else set()
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"{checkpoint}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
 

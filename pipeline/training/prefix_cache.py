@@ -25,18 +25,13 @@ from transformers import GPT2LMHeadModel
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import CausalLMOutput
 
-from pipeline.params import FreezeParams
-from pipeline.trainee import Trainee
+from pipeline.training.freeze import FrozenLayout
+from pipeline.training.trainee import Trainee
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2
 """Part of the cache key: bump it when how the prefix is computed changes (2: the trainee's fused GELU)."""
-
-
-def prefix_is_frozen(policy: FreezeParams) -> bool:
-    """Whether the embedding and every block before the trainable ones stay fixed under `policy`."""
-    return policy.head != "tied"
 
 
 def run_blocks(model: GPT2LMHeadModel, hidden_states: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
@@ -131,10 +126,10 @@ class PrefixDataset(torch.utils.data.Dataset):
 
 
 def tail_training(
-    model: GPT2LMHeadModel, input_ids: torch.Tensor, trainable_blocks: int, bf16: bool, cache_dir: Path, batch_size: int
+    model: GPT2LMHeadModel, input_ids: torch.Tensor, bf16: bool, cache_dir: Path, batch_size: int
 ) -> tuple[FrozenPrefixTail, PrefixDataset]:
     """What the Trainer trains instead of the whole model: the tail, and a dataset of cached prefix outputs."""
-    prefix_blocks = len(model.transformer.h) - trainable_blocks
+    prefix_blocks = FrozenLayout.of(model).first_trainable_block
     tail = FrozenPrefixTail(model, prefix_blocks)  # first: the prefix then runs with the trainee's activation
     hidden_states = cached_prefix(model, input_ids, prefix_blocks, batch_size, bf16, cache_dir)
     return tail, PrefixDataset(hidden_states, input_ids)

@@ -1,0 +1,69 @@
+"""The one assembly of the HF Trainer, shared by the train stage and the benchmarks, so what a benchmark measures is
+what `dvc repro` runs: the freeze policy and attention kernel on the model, deterministic kernels, the trainee
+(the whole model, or its tail on cached frozen-prefix outputs), its dataset and collator, and TrainingArguments.
+Checkpoints, MLflow and signals stay with the stage (pipeline/train.py), which hands in its callbacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import GPT2LMHeadModel, TrainerCallback
+
+from pipeline.params import Params
+from pipeline.training.freeze import FrozenLayout, apply_freeze_policy
+from pipeline.training.prefix_cache import tail_training
+from pipeline.training.resumable import RecordingTrainer, StepLog
+from pipeline.training.trainee import WholeModelTrainee
+from pipeline.training.trainer_setup import (
+    causal_lm_batch,
+    reuse_freed_memory,
+    training_arguments,
+    use_attention,
+    use_deterministic_algorithms,
+)
+
+
+def prepare_model(model: GPT2LMHeadModel, params: Params) -> FrozenLayout:
+    """Apply the freeze policy and the training attention kernel to `model`, in place; return what froze."""
+    apply_freeze_policy(model, params.freeze)
+    use_attention(model, params)
+    return FrozenLayout.of(model)
+
+
+def caches_prefix(params: Params, layout: FrozenLayout) -> bool:
+    """`train.cache_frozen_prefix`, where the policy leaves a prefix to cache (not with the `tied` head)."""
+    return params.train.cache_frozen_prefix and layout.prefix_is_frozen
+
+
+def build_trainer(
+    params: Params,
+    model: GPT2LMHeadModel,
+    blocks: Dataset,
+    *,
+    output_dir: Path,
+    prefix_cache_dir: Path,
+    use_bf16: bool,
+    callbacks: Sequence[TrainerCallback] = (),
+    step_log: StepLog | None = None,
+) -> RecordingTrainer:
+    """A Trainer for `model` (already through `prepare_model`) on packed token `blocks`."""
+    args = training_arguments(params, output_dir, use_bf16)
+    use_deterministic_algorithms(params.train.deterministic)  # before the prefix's matmuls, the first on a GPU
+    reuse_freed_memory()
+    trainee, dataset, collator = WholeModelTrainee(model), blocks.with_format("torch"), causal_lm_batch
+    if caches_prefix(params, FrozenLayout.of(model)):
+        model.to(args.device)  # the prefix is computed where the Trainer will train (it would move the model anyway)
+        input_ids = blocks.with_format("torch")[:]["input_ids"]
+        trainee, dataset = tail_training(model, input_ids, use_bf16, prefix_cache_dir, params.train.batch_size)
+        collator = None  # the Trainer's default stacks the dataset's tensors
+    return RecordingTrainer(
+        model=trainee,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=list(callbacks),
+        step_log=step_log if step_log is not None else StepLog(),
+    )

@@ -1,0 +1,99 @@
+"""dvc.yaml holds each stage to what can change its outputs: its code deps are the pipeline modules it imports,
+directly or not, except the run bookkeeping (pipeline/tracking), which changes no output; its params are the keys
+its module declares it reads (`PARAMS`)."""
+
+import ast
+import importlib
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+VARIABLES = {key: value for entry in DVC_YAML["vars"] for key, value in entry.items()}
+BOOKKEEPING = "pipeline/tracking/"
+
+
+def resolve(text: str) -> str:
+    for name, value in VARIABLES.items():
+        text = text.replace("${" + name + "}", str(value))
+    return text
+
+
+def module_of(stage: str) -> str:
+    argv = shlex.split(resolve(STAGES[stage]["cmd"]))
+    return argv[argv.index("-m") + 1]
+
+
+def source_path(module: str) -> Path:
+    path = ROOT / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def pipeline_imports(module: str) -> set[str]:
+    """The pipeline.* modules that `module`'s source imports anywhere in it (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(source_path(module).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            for alias in node.names:  # `from pipeline.x import y`: y may itself be a module
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if source_path(candidate).is_file() else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("pipeline.")}
+    return found
+
+
+def output_code(module: str) -> set[str]:
+    """Repo-relative files of the modules `module` runs, not descending into the bookkeeping; package __init__
+    files (docstrings only) are left out."""
+    seen, pending = set(), [module]
+    while pending:
+        current = pending.pop()
+        path = source_path(current).relative_to(ROOT).as_posix()
+        if current in seen or path.startswith(BOOKKEEPING):
+            continue
+        seen.add(current)
+        pending.extend(pipeline_imports(current))
+    files = {source_path(name).relative_to(ROOT).as_posix() for name in seen}
+    return {path for path in files if not path.endswith("__init__.py")}
+
+
+def listed_code(stage: str) -> set[str]:
+    """The .py files dvc.yaml's deps cover for `stage` (a folder dep covers every module in it)."""
+    files = set()
+    for dep in map(resolve, STAGES[stage]["deps"]):
+        path = ROOT / dep
+        if dep.startswith("pipeline/"):
+            found = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+            files |= {p.relative_to(ROOT).as_posix() for p in found if p.name != "__init__.py"}
+    return files
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_code_deps_are_exactly_the_modules_that_can_change_the_outputs(stage):
+    assert listed_code(stage) == output_code(module_of(stage))
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_stage_depends_on_the_bookkeeping(stage):
+    assert not [dep for dep in STAGES[stage]["deps"] if dep.startswith(BOOKKEEPING.rstrip("/"))]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_params_deps_are_the_keys_the_stage_module_reads(stage):
+    declared = importlib.import_module(module_of(stage)).PARAMS[stage]
+    assert sorted(STAGES[stage]["params"]) == sorted(declared)
+
+
+def test_every_path_a_stage_writes_is_on_its_command_line():
+    for name, stage in STAGES.items():
+        command = resolve(stage["cmd"])
+        written = [
+            resolve(entry if isinstance(entry, str) else next(iter(entry)))
+            for kind in ("outs", "metrics", "plots")
+            for entry in stage.get(kind) or ()
+        ]
+        assert all(f" {path}" in command for path in written), name
