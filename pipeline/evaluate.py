@@ -39,12 +39,12 @@ def evaluate(model, tokenized_dir: Path, params: Params) -> dict[str, dict[str, 
 
 
 def gain(base: dict[str, dict[str, float]], finetuned: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """How much fine-tuning helped: loss drop, perplexity ratio (base / fine-tuned) and accuracy points."""
+    """How much fine-tuning helped: perplexity ratio (base / fine-tuned), accuracy points and loss drop."""
     return {
         split: {
-            "loss_drop": base[split]["loss"] - finetuned[split]["loss"],
             "perplexity_ratio": base[split]["perplexity"] / finetuned[split]["perplexity"],
             "accuracy_gain": finetuned[split]["accuracy"] - base[split]["accuracy"],
+            "loss_drop": base[split]["loss"] - finetuned[split]["loss"],
         }
         for split in finetuned
     }
@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error():
         params = load_params(args.params, load_model_config=load_config if is_base else None)
         model_path = params.model.name_or_path if is_base else args.model
-        inputs = [args.tokenized] if is_base else [args.tokenized, Path(args.model), args.base_metrics]
+        inputs = (
+            [args.tokenized] if is_base else [args.tokenized, Path(args.model), args.base_metrics, args.train_metrics]
+        )
         stage = "evaluate_base" if is_base else "evaluate"
         with stage_run(stage, params, PARAMS[stage], inputs=inputs, closes_group=not is_base) as run:
             scores = evaluate(load_model(model_path), args.tokenized, params)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 
 import pytest
 import yaml
@@ -95,6 +96,14 @@ def test_lineage_tags_match_dvc_lock(first_run):
     assert train_run.data.tags["input.data/tokenized"] == tokenized_dep["md5"] == dvc_md5(repo.root / "data/tokenized")
     assert train_run.data.tags["dvc.stage"] == "train"
     assert re.fullmatch(r"[0-9a-f]{40}", train_run.data.tags["git.commit"])
+
+
+def test_dvc_exp_show_leads_with_the_fine_tuned_scores_and_trainable_parameters(first_run):
+    repo, _ = first_run
+    header = repo.run(sys.executable, "-m", "dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    metrics = header[header.index("parent") + 1 :]
+    assert metrics[:4] == [f"finetuned.validation.{name}" for name in ("perplexity", "accuracy", "loss", "tokens")]
+    assert metrics.index("parameters.trainable") < metrics.index("train.lines")  # train.json before prepare.json
 
 
 def test_changing_a_train_param_reruns_only_train_and_evaluate_then_nothing(first_run):

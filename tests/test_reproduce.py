@@ -64,7 +64,7 @@ def test_lock_mode_accepts_a_faithful_commit_and_rejects_a_doctored_one(pipeline
     report_path = repo.root / "metrics" / "eval.json"
     report = json.loads(report_path.read_text())
     report["finetuned"]["test"]["loss"] += 0.01
-    report_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
     repo.commit("claim a better test loss than the code gives")
     doctored = reproduce(repo, "lock", "--tolerance", "0.001")
     assert doctored.returncode == 1

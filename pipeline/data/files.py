@@ -37,8 +37,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Sorted keys and a trailing newline: the same numbers always give the same bytes (and the same DVC hash)."""
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    """Keys in the payload's own order, which the code fixes (the headline numbers first: `dvc exp show` and
+    `dvc metrics diff` show columns in file order), and a trailing newline: the same numbers always give the same
+    bytes, and the same DVC hash."""
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

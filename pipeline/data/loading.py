@@ -20,7 +20,7 @@ from pipeline.errors import UserError
 
 _OFFLINE_HINT = (
     "Offline? Run `python -m pipeline.offline` for a generated tiny model and corpus, or save a model with "
-    "`save_pretrained` under local/models/ and set model.name_or_path to that folder (see README, 'Offline')."
+    "`save_pretrained` under local/models/ and set model.name_or_path to that folder (see docs/operations.md)."
 )
 _LOCAL_HINT = (
     "The folder must hold config.json, model.safetensors and the tokenizer files as `save_pretrained` writes them "

@@ -45,7 +45,7 @@ class TokenScores:
         return self.correct / self.tokens
 
     def as_dict(self) -> dict[str, float]:
-        return {"loss": self.loss, "perplexity": self.perplexity, "accuracy": self.accuracy, "tokens": self.tokens}
+        return {"perplexity": self.perplexity, "accuracy": self.accuracy, "loss": self.loss, "tokens": self.tokens}
 
 
 @torch.inference_mode()

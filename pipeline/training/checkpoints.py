@@ -181,7 +181,7 @@ class CheckpointStore:
             raise UserError(
                 f"{self.root}: {free / 2**20:,.0f} MiB free, but a checkpoint needs about "
                 f"{needed * FREE_SPACE_MARGIN / 2**20:,.0f} MiB: free some space (other configurations' checkpoints "
-                f"are folders under {self.root}), point train's --checkpoints in dvc.yaml at a larger disk, or set "
+                f"are folders under {self.root}), point the `checkpoints` var in dvc.yaml at a larger disk, or set "
                 "train.checkpoint_steps: null"
             )
 

@@ -119,7 +119,7 @@ class ParameterCounts:
     def as_json(self) -> dict:
         """Totals plus the per-module table, for the train stage's metrics file."""
         modules = {m.name: {"total": m.total, "trainable": m.trainable} for m in self.modules}
-        return {"total": self.total, "trainable": self.trainable, "frozen": self.frozen, "modules": modules}
+        return {"trainable": self.trainable, "total": self.total, "frozen": self.frozen, "modules": modules}
 
 
 def count_parameters(model: GPT2LMHeadModel) -> ParameterCounts:

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -72,8 +73,10 @@ def compute_prefix(
 
 
 def cache_key(model: GPT2LMHeadModel, input_ids: torch.Tensor, prefix_blocks: int, bf16: bool) -> str:
-    """Hash of exactly what determines the prefix's output: its weights, the tokens, its depth and precision."""
-    digest = hashlib.sha256(f"{CACHE_FORMAT}:{prefix_blocks}:{bf16}".encode())
+    """Hash of what determines the prefix's output bits: its weights, the tokens, its depth, the precision, the
+    attention kernel, the device type and the library versions (other kernels round differently)."""
+    kernels = [model.config._attn_implementation, model.device.type, torch.__version__, transformers.__version__]
+    digest = hashlib.sha256(f"{CACHE_FORMAT}:{prefix_blocks}:{bf16}:{kernels}".encode())
     prefix = [model.transformer.wte, model.transformer.wpe, *model.transformer.h[:prefix_blocks]]
     for module in prefix:
         for tensor in module.state_dict().values():
