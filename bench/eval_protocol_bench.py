@@ -2,21 +2,25 @@
 head over every position (full logits) or only the scored ones (what the evaluate stage does).
 
     python -m bench.eval_protocol_bench [--tokens N] [--threads T]
+    python -m bench.eval_protocol_bench --model local/models/tiny-gpt2 --text local/corpus/offline/validation.txt
 
 GPT-2 small shapes with random weights, on a random token stream of N tokens; each configuration runs in its own
 process, so its peak memory is its own. Throughput counts scored tokens (the split's tokens), whatever the
-windows feed. The loss column shows how far bf16 moves the number from fp32 on the same windows.
+windows feed. The loss column shows how far bf16 moves the number from fp32 on the same windows. With --model and
+--text: that model's loss on that text under windows up to its n_positions, to choose a profile's protocol.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from bench import measure
+from pipeline.data.blocks import tokenize_text
 from pipeline.evaluation.lm_metrics import TokenScores, plan_windows, score_stream
 from pipeline.params import EvaluateParams
 from pipeline.tracking.cli import configure_logging
@@ -123,15 +127,41 @@ def format_report(runs: list[dict], n_tokens: int) -> str:
     )
 
 
+def protocol_losses(model_dir: str, text_file: str) -> str:
+    """Loss of a trained model on a text's stream, for disjoint and sliding windows of each length it allows."""
+    model = GPT2LMHeadModel.from_pretrained(model_dir)
+    lines = Path(text_file).read_text(encoding="utf-8").splitlines(keepends=True)
+    tokens = torch.from_numpy(tokenize_text(lines, AutoTokenizer.from_pretrained(model_dir)))
+    rows = []
+    context = 64
+    while context <= model.config.n_positions:
+        for stride in (context, context // 2, context // 4):
+            fp32, bf16 = (score_stream(model, tokens, context, stride, 32, bf16) for bf16 in (False, True))
+            rows.append(
+                [f"{context} / {stride}", f"{fp32.tokens:,}", f"{fp32.loss:.4f}", f"{bf16.loss - fp32.loss:+.1e}"]
+            )
+        context *= 2
+    headers = ["context / stride", "tokens scored", "loss (fp32)", "bf16 - fp32"]
+    caption = f"**Eval protocols on {model_dir}** ({model.config.n_positions} positions), text {text_file}."
+    return "\n\n".join([caption, measure.markdown_table(headers, rows)])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="length of the token stream")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    parser.add_argument("--model", help="a trained GPT-2 folder: its loss per protocol on --text instead")
+    parser.add_argument("--text", help="UTF-8 text file to score with --model")
     args = parser.parse_args(argv)
+    if (args.model is None) != (args.text is None):
+        parser.error("--model and --text go together")
     if args.tokens < 2:
         parser.error("--tokens must be at least 2")
     configure_logging()
     measure.use_threads(args.threads)
+    if args.model:
+        print(protocol_losses(args.model, args.text))
+        return
     print(format_report(run_benchmark(GPT2Config(), args.tokens), args.tokens))
 
 
