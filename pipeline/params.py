@@ -23,6 +23,8 @@ import yaml
 from pipeline.errors import UserError
 
 SPLITS = ("train", "validation", "test")
+EVAL_SPLITS = ("validation", "test")
+"""The splits evaluate scores, and whose whole token stream tokenize keeps for it."""
 
 
 class ParamsError(UserError):
@@ -144,8 +146,16 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    context: int = 1024
+    """Tokens fed per eval window, cut from each split's whole token stream (not the training blocks). GPT-2's full
+    1,024 positions, as published perplexities use (docs/evaluation.md); at most the model's `n_positions`, and
+    no more than it was trained on: a longer window than the model learned scores worse, not better."""
+    stride: int = 512
+    """New tokens scored per window (every token but the first is scored once); each has at least `context - stride`
+    tokens of context. 512 is HF's "Perplexity of fixed-length models" setting and costs about twice as much as
+    `stride = context` (disjoint windows); docs/evaluation.md says which published number each matches."""
     batch_size: int = 8
-    """Blocks per forward pass; memory stays flat in the eval set size whatever this is."""
+    """Windows per forward pass; memory stays flat in the eval set size whatever this is."""
     bf16: bool = False
     """Evaluate in fp32 by default so base and fine-tuned numbers are exact and comparable across machines."""
 
@@ -258,6 +268,11 @@ def model_issues(params: Params, config: Any) -> list[str]:
             f"tokenize.block_size: {params.tokenize.block_size} exceeds the model's n_positions "
             f"({config.n_positions}); positions past it have no embedding"
         )
+    if params.evaluate.context > config.n_positions:
+        issues.append(
+            f"evaluate.context: {params.evaluate.context} exceeds the model's n_positions ({config.n_positions}); "
+            "positions past it have no embedding"
+        )
     if params.freeze.trainable_blocks > config.n_layer:
         issues.append(
             f"freeze.trainable_blocks: {params.freeze.trainable_blocks} exceeds the model's n_layer ({config.n_layer})"
@@ -333,6 +348,8 @@ def _range_issues(params: Params) -> list[str]:
         "train.max_grad_norm": params.train.max_grad_norm,
         "train.keep_checkpoints": params.train.keep_checkpoints,
         "evaluate.batch_size": params.evaluate.batch_size,
+        "evaluate.context": params.evaluate.context,
+        "evaluate.stride": params.evaluate.stride,
     }
     optional_positive = {
         "train.max_steps": params.train.max_steps,
@@ -349,6 +366,11 @@ def _range_issues(params: Params) -> list[str]:
         "train.weight_decay": params.train.weight_decay,
     }
     issues += [f"{key}: must be >= 0, got {value}" for key, value in non_negative.items() if value < 0]
+    if params.evaluate.stride > params.evaluate.context:
+        issues.append(
+            f"evaluate.stride: {params.evaluate.stride} exceeds evaluate.context ({params.evaluate.context}); "
+            "a window cannot score more tokens than it holds"
+        )
     return issues + _data_source_issues(params.data)
 
 

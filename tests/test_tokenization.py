@@ -21,9 +21,10 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def test_splits_become_exact_blocks_with_no_padding(tokenizer, offline_corpus):
+def test_splits_become_exact_blocks_with_no_padding_and_eval_splits_keep_their_whole_stream(tokenizer, offline_corpus):
     lines = offline_corpus["validation"].read_text().splitlines(keepends=True)
-    blocks, stats = tokenize_splits({"validation": Dataset.from_dict({"text": lines})}, tokenizer, block_size=32)
+    texts = {split: Dataset.from_dict({"text": lines}) for split in ("train", "validation")}
+    blocks, streams, stats = tokenize_splits(texts, tokenizer, block_size=32)
     stream = tokenize_text(lines, tokenizer)
     expected_blocks, expected_dropped = divmod(len(stream), 32)
     assert stats["validation"] == {
@@ -34,6 +35,9 @@ def test_splits_become_exact_blocks_with_no_padding(tokenizer, offline_corpus):
     packed = np.array(blocks["validation"]["input_ids"])
     assert packed.shape == (expected_blocks, 32)
     assert np.array_equal(packed.ravel(), stream[: expected_blocks * 32])
+    assert expected_dropped > 0  # the block tail evaluate must not lose
+    assert set(streams) == {"validation"}  # train is never scored
+    assert np.array_equal(np.array(streams["validation"]["input_ids"]), stream)
     # No pad token anywhere: the tokenizer has none, and eos (the usual stand-in) never appears in plain text.
     assert tokenizer.pad_token is None
     assert tokenizer.eos_token_id not in set(packed.ravel().tolist())
