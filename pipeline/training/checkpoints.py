@@ -34,10 +34,10 @@ from pipeline.tracking.hashing import dvc_md5, file_md5
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 """Part of the key: bump it when what a checkpoint holds, or what training computes from the same params, changes,
 so older checkpoints stop matching (2: the trainee's fused head loss, padded head, one-kernel GELU and frozen blocks
-without dropout)."""
+without dropout; 3: the loss divided by the scored positions, B x (S-1), not B x S, and the validation record)."""
 MARKER = "complete.json"
 STEP_LOG = "step_log.json"
 # Without any of these the Trainer would resume silently from a weaker state (fresh optimizer, unseeded RNG).
