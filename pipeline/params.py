@@ -349,6 +349,12 @@ def _range_issues(params: Params) -> list[str]:
         "train.weight_decay": params.train.weight_decay,
     }
     issues += [f"{key}: must be >= 0, got {value}" for key, value in non_negative.items() if value < 0]
+    freeze = params.freeze
+    if freeze.trainable_blocks == 0 and freeze.head == "frozen" and not freeze.train_ln_f:
+        issues.append(
+            "freeze: trainable_blocks 0, head frozen and train_ln_f false train nothing; let at least one of them "
+            "train (trainable_blocks >= 1, head tied or untied, or train_ln_f true)"
+        )
     return issues + _data_source_issues(params.data)
 
 
