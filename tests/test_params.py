@@ -93,6 +93,14 @@ def test_out_of_range_values_are_refused(tmp_path, overrides, expected):
     assert expected in problems(write_params(tmp_path, overrides))
 
 
+def test_a_freeze_policy_that_trains_nothing_is_refused_and_each_way_out_is_accepted(tmp_path):
+    nothing = {"freeze.trainable_blocks": 0, "freeze.head": "frozen", "freeze.train_ln_f": False}
+    message = problems(write_params(tmp_path, nothing))
+    assert "freeze: trainable_blocks 0, head frozen and train_ln_f false train nothing" in message
+    for way_out in ({"freeze.trainable_blocks": 1}, {"freeze.head": "untied"}, {"freeze.train_ln_f": True}):
+        load_params(write_params(tmp_path, nothing | way_out))
+
+
 def test_booleans_are_not_numbers_and_ints_are_floats(tmp_path):
     assert "train.batch_size: expected int, got True" in problems(write_params(tmp_path, {"train.batch_size": True}))
     assert load_params(write_params(tmp_path, {"train.epochs": 2})).train.epochs == 2

@@ -41,6 +41,11 @@ def test_first_repro_runs_every_stage_and_writes_every_output(first_run):
     assert set(lock["stages"]) == STAGES
     curve = (repo.root / "plots/train_curve.csv").read_text().splitlines()
     assert curve[0] == "step,loss,learning_rate" and len(curve) > 2
+    # The offline profile scores the validation split every 50 of its 291 steps.
+    validation = (repo.root / "plots/validation_curve.csv").read_text().splitlines()
+    assert validation[0] == "step,validation_loss"
+    assert [row.split(",")[0] for row in validation[1:]] == ["50", "100", "150", "200", "250"]
+    assert repo.metrics("train")["validation_loss"] == float(validation[-1].split(",")[1])
 
 
 def test_metrics_show_counts_and_a_gain_over_the_base_model(first_run):
