@@ -126,10 +126,12 @@ CASES = {
          "test split(s) empty (train 3, validation 0, test 0 documents)"],
     ),
     "data: missing upstream output": (
-        "train", {"options": {"tokenized": "data/nowhere"}}, ["missing data/nowhere/train.parquet: run the upstream"],
+        "train",
+        {"options": {"tokenized": "data/nowhere"}},
+        ["missing data/nowhere/train.parquet, data/nowhere/validation.parquet: run the upstream"],
     ),
     "evaluate: missing upstream output": (
-        "evaluate", {"options": {"tokenized": "data/nowhere"}},
+        "evaluate", {"options": {"streams": "data/nowhere"}},
         ["missing data/nowhere/validation.parquet: run the upstream"],
     ),
     "evaluate: missing base metrics": (
