@@ -132,7 +132,7 @@ CASES = {
     ),
     "evaluate: missing upstream output": (
         "evaluate", {"options": {"streams": "data/nowhere"}},
-        ["missing data/nowhere/validation.parquet: run the upstream"],
+        ["missing data/nowhere/validation.parquet, data/nowhere/test.parquet: run the upstream"],
     ),
     "evaluate: missing base metrics": (
         "evaluate", {"options": {"base_metrics": "metrics/nowhere.json"}},
