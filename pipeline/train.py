@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from pipeline.training.assembly import build_trainer, caches_prefix, prepare_mod
 from pipeline.training.checkpoints import STEP_LOG, CheckpointStore, base_model_identity, checkpoint_key
 from pipeline.training.freeze import count_parameters, format_parameter_table
 from pipeline.training.resumable import CheckpointCallback, StepLog, load_final_weights, training_finished
-from pipeline.training.trainer_setup import bf16_supported
+from pipeline.training.trainer_setup import bf16_supported, peak_memory_gib
 from pipeline.training.validation import ValidationCallback, load_best_weights, patience_exhausted, validation_blocks
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,13 @@ def train(
     if validation is not None:
         scorer.restore_best()
     return step_log, callback.throughput
+
+
+def shared_path(path: Path) -> Path:
+    """A relative path under the original repo when DVC runs this in a temporary copy (`dvc exp run --queue`):
+    `DVC_ROOT` names that repo there, so queued experiments with the same frozen prefix share one cache."""
+    root = os.environ.get("DVC_ROOT")
+    return Path(root) / path if root and not path.is_absolute() else path
 
 
 def check_vocabulary(model, tokenizer, blocks: Dataset) -> None:
@@ -170,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             store = CheckpointStore(args.checkpoints, key, params.train.keep_checkpoints)
             with store.claimed():
-                step_log, throughput = train(params, model, blocks, run, store, use_bf16, args.prefix_cache, validation)
+                prefix_cache = shared_path(args.prefix_cache)
+                step_log, throughput = train(params, model, blocks, run, store, use_bf16, prefix_cache, validation)
                 with atomic_dir(args.out) as staging:
                     model.save_pretrained(staging)
                     tokenizer.save_pretrained(staging)
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                 summary = {"train_loss": step_log.mean_loss(), "steps": len(step_log.losses)}
                 summary |= validation_summary(step_log, params.train.early_stopping_patience)
                 write_json(args.metrics, {**summary, "parameters": counts.as_json()})
-                run.log_metrics(summary)
+                run.log_metrics(summary | {"peak_memory_gib": peak_memory_gib()})  # a measurement: MLflow only
                 store.discard()  # the outputs are complete: nothing is left to resume
         print(
             f"trainable {counts.trainable:,} of {counts.total:,} parameters ({params.freeze.head} head); "

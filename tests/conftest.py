@@ -58,6 +58,7 @@ PROJECT_FILES = (
     "dvc.yaml",
     "params.yaml",
     "profiles",
+    "studies",
     ".dvcignore",
     ".gitignore",
     ".dvc/config",
@@ -131,7 +132,8 @@ class PipelineRepo:
 
 @pytest.fixture(scope="session")
 def pipeline_repo_factory(tmp_path_factory, offline_corpus, tiny_model_dir):
-    """Make a fresh offline-profile copy of the project, committed, with the session's tiny model and corpus."""
+    """Make a fresh offline-profile copy of the project, committed, with the session's tiny model and corpus
+    versioned by DVC (their .dvc files committed), as `python -m pipeline.offline` leaves them."""
     from pipeline.offline.profile import load_profile
 
     profile = load_profile(REPO)
@@ -150,6 +152,7 @@ def pipeline_repo_factory(tmp_path_factory, offline_corpus, tiny_model_dir):
         repo = PipelineRepo(root)
         repo.set_params(profile.overrides)
         repo.run("git", "init", "-q")
+        repo.dvc("add", "--quiet", str(profile.corpus_dir), str(profile.model_dir))  # as `python -m pipeline.offline`
         repo.commit("offline profile")
         return repo
 

@@ -128,11 +128,11 @@ def test_overrides_applied_by_dvc_pass_the_params_loader(tmp_path, monkeypatch, 
     assert AutoConfig.from_pretrained(params.model.name_or_path).n_positions >= params.tokenize.block_size
 
 
-def test_main_writes_under_root_and_runs_the_printed_command(tmp_path, monkeypatch, capsys):
+def test_main_writes_under_root_versions_with_dvc_and_runs_the_printed_command(tmp_path, monkeypatch, capsys):
     (tmp_path / PROFILE).parent.mkdir()
     shutil.copy(REPO_ROOT / PROFILE, tmp_path / PROFILE)
     profile = load_profile(tmp_path)
-    built = {}
+    built, commands = {}, []
     monkeypatch.setattr(
         offline_command,
         "write_tiny_model",
@@ -141,9 +141,7 @@ def test_main_writes_under_root_and_runs_the_printed_command(tmp_path, monkeypat
     monkeypatch.setattr(
         subprocess,
         "run",
-        lambda command, cwd, check: (
-            built.update(command=command, cwd=cwd) or subprocess.CompletedProcess(command, returncode=3)
-        ),
+        lambda command, cwd, check: commands.append((command, cwd)) or subprocess.CompletedProcess(command, 3),
     )
 
     with pytest.raises(SystemExit) as exit_info:
@@ -153,5 +151,9 @@ def test_main_writes_under_root_and_runs_the_printed_command(tmp_path, monkeypat
     assert built["out_dir"] == tmp_path / profile.model_dir
     assert built["corpus_files"] == [tmp_path / profile.corpus_dir / "train.txt"]
     assert all((tmp_path / profile.corpus_dir / f"{split}.txt").is_file() for split in ("train", "test"))
-    assert built["command"][:3] == ["dvc", "exp", "run"] and built["cwd"] == tmp_path
-    assert "-S data.train_file=local/corpus/offline/train.txt" in capsys.readouterr().out
+    (add, add_cwd), (run, run_cwd) = commands
+    assert add[1:4] == ["-m", "dvc", "add"] and add[-2:] == [str(profile.corpus_dir), str(profile.model_dir)]
+    assert run[:3] == ["dvc", "exp", "run"] and add_cwd == run_cwd == tmp_path
+    out = capsys.readouterr().out
+    assert f"git add {profile.corpus_dir}.dvc {profile.model_dir}.dvc" in out
+    assert "-S data.train_file=local/corpus/offline/train.txt" in out

@@ -1,5 +1,5 @@
-"""`python -m pipeline.offline [--run]`: write the offline corpus and tiny GPT-2, then (with --run) run the pipeline
-on them with `dvc exp run`, applying profiles/offline.yaml as `-S` overrides."""
+"""`python -m pipeline.offline [--run]`: write the offline corpus and tiny GPT-2 and version them with `dvc add`,
+then (with --run) run the pipeline on them with `dvc exp run`, applying profiles/offline.yaml as `-S` overrides."""
 
 from __future__ import annotations
 
@@ -18,6 +18,14 @@ from pipeline.tracking.cli import configure_logging
 log = logging.getLogger(__name__)
 
 
+def dvc_add(root: Path, folders: list[Path]) -> list[str]:
+    """`dvc add` the folders (their data goes to DVC's cache, a .dvc file beside each); returns the .dvc paths.
+
+    Generated again with the same seed, they hash the same, so the committed .dvc files stay unchanged."""
+    subprocess.run([sys.executable, "-m", "dvc", "add", "--quiet", *map(str, folders)], cwd=root, check=True)
+    return [f"{folder}.dvc" for folder in folders]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="repo root, where dvc.yaml and local/ are")
@@ -30,8 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     for split, path in corpus.items():
         log.info("%s: %s words in %s", split, f"{len(path.read_text(encoding='utf-8').split()):,}", path)
     write_tiny_model(args.root / profile.model_dir, [corpus["train"]], args.seed)
+    dvc_files = dvc_add(args.root, [profile.corpus_dir, profile.model_dir])
     command = ["dvc", "exp", "run", *profile.set_param_args()]
     print(f"Offline corpus in {args.root / profile.corpus_dir}, tiny GPT-2 in {args.root / profile.model_dir}.")
+    print(f"Versioned by DVC; commit their .dvc files (queued experiments need them):\n  git add {' '.join(dvc_files)}")
     print(f"Run the pipeline on them (from {args.root}):\n  {shlex.join(command)}")
     if args.run:
         sys.exit(subprocess.run(command, cwd=args.root, check=False).returncode)

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 from pipeline.errors import UserError
 from pipeline.params import Params
@@ -40,6 +43,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 GROUP_KEY_TAG = "pipeline.group_key"
 ERROR_TAG_CHARS = 500
+# How long a stage waits for another process creating the store (its migrations take seconds).
+STORE_LOCK_TIMEOUT_S = 120
 
 
 def repo_root() -> Path:
@@ -120,8 +125,8 @@ def _open_runs(stage: str, params: Params, reads: Sequence[str], inputs: Sequenc
     root = repo_root()
     lineage = lineage_tags(root, params, stage)
     inputs_hashed = input_tags(root, inputs)  # before any run exists, so a hashing error leaves nothing RUNNING
-    client = _client(root)
-    experiment_id = _experiment_id(client, params.mlflow.experiment, root)
+    client = tracking_client(root)
+    experiment_id = get_or_create_experiment(client, params.mlflow.experiment, root)
     fail_stale_runs(client, experiment_id)  # first, so a group that a killed stage left RUNNING is not joined
     group_run_id = _group_run_id(client, experiment_id, params, lineage, group_key(root, params, lineage))
     tags = {**lineage, **inputs_hashed, **process_tags(), "mlflow.parentRunId": group_run_id}
@@ -137,23 +142,49 @@ def _names(name: str, key: str) -> bool:
     return key == name or key.startswith(name + ".")
 
 
-def _client(root: Path) -> MlflowClient:
+def tracking_client(root: Path) -> MlflowClient:
+    """A client of the project's store (`tracking_uri`), creating the SQLite folder where that is the store."""
     if "MLFLOW_TRACKING_URI" not in os.environ:
         (root / "mlruns").mkdir(exist_ok=True)  # SQLite never creates a missing folder; MLflow 3.17 does, unasked
     # MLflow logs every schema migration of a new store at INFO; a stage's log should show the stage.
     for name in ("mlflow.store.db.utils", "alembic"):
         if logging.getLogger(name).getEffectiveLevel() == logging.INFO:  # a DEBUG asked for stays
             logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=tracking_uri(root))
+    client = MlflowClient(tracking_uri=tracking_uri(root))
+    if client.tracking_uri.startswith("sqlite:///"):
+        _open_sqlite_store(client, Path(client.tracking_uri.removeprefix("sqlite:///")))
+    return client
 
 
-def _experiment_id(client: MlflowClient, name: str, root: Path) -> str:
+def _open_sqlite_store(client: MlflowClient, database: Path) -> None:
+    """Create (migrate) the store one process at a time, in WAL mode, so that parallel `dvc queue` workers share it.
+
+    Two processes creating a new store at once both run its migrations, and one fails. In SQLite's default
+    journal mode a writer also blocks every reader; WAL lets readers go on while one process writes, which leaves
+    MLflow's own 20 s busy timeout to cover writers queueing behind each other (https://sqlite.org/wal.html).
+    """
+    with FileLock(database.with_name(database.name + ".lock"), timeout=STORE_LOCK_TIMEOUT_S):
+        client.search_experiments(max_results=1)  # the first call creates and migrates the store
+        with closing(sqlite3.connect(database, timeout=STORE_LOCK_TIMEOUT_S)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")  # persistent: a property of the database file
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, root: Path) -> str:
+    """The id of experiment `name`, created (with artifacts under <root>/mlruns/artifacts) when missing."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         # Explicit, because MLflow's default artifact root for a SQLite store is `./mlruns` under the cwd, which
         # is a temporary copy of the repo under `dvc exp run --temp`.
         artifacts = (root / "mlruns" / "artifacts").as_uri()
-        return client.create_experiment(name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        except MlflowException:
+            # A parallel worker may have created it since the lookup; anything else is still an error.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
     if experiment.lifecycle_stage == "deleted":
         raise UserError(
             f"mlflow.experiment: experiment {name!r} is deleted in {client.tracking_uri}; restore it with "

@@ -95,7 +95,8 @@ def cached_prefix(
         return load_file(path)["hidden_states"]
     hidden_states = compute_prefix(model, input_ids, prefix_blocks, batch_size, bf16)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".partial")
+    # Per process: parallel experiments (`dvc queue start -j N`) with the same frozen prefix write the same key.
+    staging = path.with_suffix(f".{os.getpid()}.partial")
     save_file({"hidden_states": hidden_states.contiguous()}, staging)
     os.replace(staging, path)  # a crash mid-write leaves no file that looks complete
     log.info("frozen prefix: cached %.1f MB in %s", path.stat().st_size / 1e6, path)

@@ -12,6 +12,7 @@ import ctypes.util
 import logging
 import os
 import platform
+import resource
 from pathlib import Path
 
 import torch
@@ -36,6 +37,13 @@ CUBLAS_WORKSPACE = ":16:8"
 """cuBLAS workspace that deterministic algorithms require on a GPU (torch's "Reproducibility" notes,
 https://pytorch.org/docs/stable/notes/randomness.html), the Trainer's choice too. torch warns that it caps
 cuBLASLt's workspace at 128 KB, but the larger :4096:8 was no faster on an H100 (docs/performance.md)."""
+
+
+def peak_memory_gib() -> float:
+    """Peak memory of training: what torch allocated on the GPU where there is one, else the process's peak RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def use_deterministic_algorithms(enabled: bool) -> None:

@@ -1,0 +1,1 @@
+"""`python -m pipeline.study`: many configurations, queued as DVC experiments, compared in one report."""
