@@ -97,3 +97,14 @@ def test_a_2x2_study_with_two_workers_reports_every_point_and_leaves_no_run_runn
         assert list(csv.DictReader(file)) == table
     studies = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'study-two-by-two'")
     assert len(studies) == 1
+
+
+def test_dvc_plots_draw_the_report_where_the_study_writes_it():
+    from pipeline.study.__main__ import DEFAULT_OUT
+
+    plots = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["plots"]
+    named = {plot for plot in plots if isinstance(plot, str)}
+    for plot in (plot for plot in plots if isinstance(plot, dict)):
+        (spec,) = plot.values()
+        named |= set(spec["y"]) if isinstance(spec, dict) and isinstance(spec.get("y"), dict) else set(plot)
+    assert {f"{DEFAULT_OUT}/study.csv", f"{DEFAULT_OUT}/study.png"} <= named

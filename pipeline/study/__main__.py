@@ -18,6 +18,9 @@ from pipeline.tracking.study_run import log_study_run
 
 log = logging.getLogger(__name__)
 
+DEFAULT_OUT = "reports/study"
+"""Where the report goes; dvc.yaml's top-level plots draw it from there."""
+
 
 def check_inputs_versioned(root: Path, flat_params: dict[str, object]) -> None:
     if missing := untracked_inputs(root, local_inputs(root, flat_params)):
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=Path, help="a params profile applied to every point (profiles/*.yaml)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel `dvc queue` workers")
     parser.add_argument("--report", action="store_true", help="only rebuild the report from finished experiments")
-    parser.add_argument("--out", type=Path, default=Path("reports/study"), help="folder for study.{md,csv,png}")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="folder for study.{md,csv,png}")
     parser.add_argument("--root", type=Path, default=Path("."), help="repo root, where dvc.yaml is")
     args = parser.parse_args(argv)
     with exit_on_user_error():
