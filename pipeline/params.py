@@ -33,6 +33,12 @@ class ParamsError(UserError):
 class TrackingParams:
     experiment: str = "gpt2-wikitext2-freeze"
     """MLflow experiment that every stage logs to; one experiment per project keeps runs comparable."""
+    log_model: bool = True
+    """Log the fine-tuned model as an MLflow LoggedModel (transformers flavour): a second copy of its weights in the
+    artifact store (about 0.5 GB for GPT-2 small), made once per distinct model; false keeps only DVC's copy."""
+    registered_model: str | None = None
+    """Registered-model name that each pipeline run registers a new version of (needs `log_model`); null registers
+    nothing, because a registry entry is a hand-over decision, not a side effect of every experiment."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,17 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class SamplesParams:
+    prompts: list[str] = dataclasses.field(
+        default_factory=lambda: ["The river", "In the early years of the war ,", "The album was released"]
+    )
+    """Fixed prompts the evaluate stage continues with the base and the fine-tuned model, side by side; Wikitext's
+    spacing (" ,") so the prompts look like the text the model was tuned on."""
+    max_new_tokens: int = 30
+    """Tokens generated per prompt, greedily (no sampling: reruns write the same file); a sentence or two."""
+
+
+@dataclass(frozen=True)
 class Params:
     mlflow: TrackingParams
     data: DataParams
@@ -159,6 +176,7 @@ class Params:
     freeze: FreezeParams
     train: TrainParams
     evaluate: EvaluateParams
+    samples: SamplesParams
 
     @classmethod
     def defaults(cls) -> Params:
@@ -333,6 +351,7 @@ def _range_issues(params: Params) -> list[str]:
         "train.max_grad_norm": params.train.max_grad_norm,
         "train.keep_checkpoints": params.train.keep_checkpoints,
         "evaluate.batch_size": params.evaluate.batch_size,
+        "samples.max_new_tokens": params.samples.max_new_tokens,
     }
     optional_positive = {
         "train.max_steps": params.train.max_steps,
@@ -349,6 +368,10 @@ def _range_issues(params: Params) -> list[str]:
         "train.weight_decay": params.train.weight_decay,
     }
     issues += [f"{key}: must be >= 0, got {value}" for key, value in non_negative.items() if value < 0]
+    if not all(prompt.strip() for prompt in params.samples.prompts):
+        issues.append("samples.prompts: every prompt must hold some text (an empty one has nothing to continue)")
+    if params.mlflow.registered_model is not None and not params.mlflow.log_model:
+        issues.append("mlflow.registered_model needs mlflow.log_model: true (a version is made from the logged model)")
     return issues + _data_source_issues(params.data)
 
 

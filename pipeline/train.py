@@ -21,6 +21,7 @@ from pipeline.data.loading import load_config, load_model, load_tokenizer
 from pipeline.errors import UserError
 from pipeline.params import Params, load_params
 from pipeline.tracking.cli import exit_on_user_error
+from pipeline.tracking.models import describe, log_finetuned_model
 from pipeline.tracking.runs import StageRun, stage_run
 from pipeline.tracking.signals import deferred_signals
 from pipeline.training.assembly import build_trainer, caches_prefix, prepare_model
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error():
         params = load_params(args.params, load_model_config=load_config)
-        with stage_run("train", params, PARAMS["train"], inputs=[args.tokenized]) as run:
+        with stage_run("train", params, PARAMS["train"], inputs=[args.tokenized], system_metrics=True) as run:
             set_seed(params.train.seed)
             blocks = read_splits(args.tokenized, ("train",))["train"]
             tokenizer = load_tokenizer(params.model.name_or_path)
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                 write_json(args.metrics, {**summary, "parameters": counts.as_json()})
                 run.log_metrics(summary)
                 store.discard()  # the outputs are complete: nothing is left to resume
+            run.describe(describe(params.freeze.head, counts.trainable, counts.total))
+            log_finetuned_model(run, args.out, params)
         print(
             f"trainable {counts.trainable:,} of {counts.total:,} parameters ({params.freeze.head} head); "
             f"train loss {summary['train_loss']:.4f} after {summary['steps']} steps; model saved to {args.out}"
