@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -24,11 +25,8 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "finetuned"
 MD5_TAG = "dvc.md5"
 # The flavour's own requirement inference imports torchvision (not a dependency here) and fails; these are what
-# loading the model needs, at the versions requirements.txt pins.
-PIP_REQUIREMENTS = [
-    f"torch=={__import__('torch').__version__}",
-    f"transformers=={__import__('transformers').__version__}",
-]
+# loading the model needs, at the installed versions (requirements.txt pins them; `+cpu`-style build tags dropped).
+PIP_REQUIREMENTS = [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "transformers")]
 
 
 def find_logged_model(run: StageRun, model_dir: Path) -> str | None:
