@@ -76,7 +76,6 @@ def _log(run: StageRun, model_dir: Path, params: Params) -> str:
         model_id=created.model_id,
         pip_requirements=PIP_REQUIREMENTS,
         model_config={"max_new_tokens": 50, "do_sample": False},  # what pyfunc's predict generates by default
-        base_model_path=str(model_dir),  # a local folder: no Hub model-card download
     )
     logger.info("Logged %s as MLflow model %s", model_dir, created.model_id)
     return created.model_id
