@@ -14,7 +14,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import LoggedModelOutput
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
 from pipeline.params import Params
 from pipeline.tracking.hashing import dvc_md5
@@ -33,9 +33,10 @@ def find_logged_model(run: StageRun, model_dir: Path) -> str | None:
     """The id of the LoggedModel of the folder's exact contents (by DVC md5) in the run's experiment, if any."""
     experiment_id = run.client.get_run(run.run_id).info.experiment_id
     found = run.client.search_logged_models(
-        [experiment_id], filter_string=f"tags.`{MD5_TAG}` = '{dvc_md5(model_dir)}'", max_results=1
+        [experiment_id], filter_string=f"tags.`{MD5_TAG}` = '{dvc_md5(model_dir)}'", max_results=50
     )
-    return found[0].model_id if found else None
+    # An attempt that failed half-way leaves a LoggedModel without weights: only a READY one counts.
+    return next((model.model_id for model in found if model.status == LoggedModelStatus.READY), None)
 
 
 def log_finetuned_model(run: StageRun, model_dir: Path, params: Params) -> str | None:
@@ -69,14 +70,18 @@ def _log(run: StageRun, model_dir: Path, params: Params) -> str:
     tags = {MD5_TAG: dvc_md5(model_dir), "freeze.head_mode": params.freeze.head, "params.hash": params.digest()}
     created = run.client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run.run_id, tags=tags)
     mlflow.set_tracking_uri(run.client.tracking_uri)  # the fluent log_model writes through the global URI
-    generator = pipeline("text-generation", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
-    mlflow.transformers.log_model(
-        generator,
-        task="text-generation",
-        model_id=created.model_id,
-        pip_requirements=PIP_REQUIREMENTS,
-        model_config={"max_new_tokens": 50, "do_sample": False},  # what pyfunc's predict generates by default
-    )
+    try:
+        generator = pipeline("text-generation", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
+        mlflow.transformers.log_model(
+            generator,
+            task="text-generation",
+            model_id=created.model_id,
+            pip_requirements=PIP_REQUIREMENTS,
+            model_config={"max_new_tokens": 50, "do_sample": False},  # what pyfunc's predict generates by default
+        )
+    except BaseException:
+        run.client.finalize_logged_model(created.model_id, LoggedModelStatus.FAILED)
+        raise
     logger.info("Logged %s as MLflow model %s", model_dir, created.model_id)
     return created.model_id
 
