@@ -58,7 +58,7 @@ def _log_or_link(run: StageRun, model_dir: Path, params: Params) -> str:
     else:
         logger.info("Model %s already logged as %s: linking it, not storing its weights again", model_dir, model_id)
     for run_id in (run.run_id, run.group_run_id):
-        run.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        _link(run, run_id, model_id)
     run.set_tags({"mlflow.model_id": model_id})
     return model_id
 
@@ -86,9 +86,16 @@ def _log(run: StageRun, model_dir: Path, params: Params) -> str:
     return created.model_id
 
 
+def _link(run: StageRun, run_id: str, model_id: str) -> None:
+    """The model among the run's outputs, once: the store refuses a second identical link."""
+    outputs = run.client.get_run(run_id).outputs
+    if model_id not in [output.model_id for output in (outputs.model_outputs if outputs else [])]:
+        run.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+
+
 def attach_evaluation(run: StageRun, model_id: str, metrics: Mapping[str, float]) -> None:
     """The evaluation's metrics on the model (its page lists them), and the model among the group run's outputs."""
-    run.client.log_outputs(run.group_run_id, [LoggedModelOutput(model_id, step=0)])
+    _link(run, run.group_run_id, model_id)
     for key, value in metrics.items():
         run.client.log_metric(run.run_id, key, float(value), model_id=model_id)
 
