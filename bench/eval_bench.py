@@ -4,7 +4,7 @@
 
 The original script evaluated with `Trainer.evaluate` and a `compute_metrics` over the full logits, which the
 Trainer keeps for the whole set (rows x 64 x 50,257 floats), so its memory grows with the eval set; the evaluate
-stage (`pipeline.evaluation.lm_metrics.score_blocks`) reduces each batch to three numbers. Both score the same text, the
+stage (`pipeline.evaluation.lm_metrics.score_stream`) reduces each batch to three numbers. Both score the same text, the
 first rows of a generated validation split that fill N (then 4N) packed blocks of 128: the stage as those blocks,
 the original style as the same rows padded to 64. Each run is its own process, so its peak memory is its own.
 """
@@ -22,7 +22,7 @@ from datasets import Dataset
 from transformers import EvalPrediction, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from bench import measure, workload
-from pipeline.evaluation.lm_metrics import score_blocks
+from pipeline.evaluation.lm_metrics import score_stream
 from pipeline.params import EvaluateParams, TokenizeParams
 from pipeline.tracking.cli import configure_logging
 
@@ -68,7 +68,8 @@ def evaluate_original_style(config: GPT2Config, rows: dict[str, np.ndarray]) -> 
 
 
 def evaluate_stage(config: GPT2Config, blocks: np.ndarray) -> dict:
-    """Worker, in its own process: the evaluate stage's scoring, with its default batch size and precision."""
+    """Worker, in its own process: the evaluate stage's scoring, with its default batch size and precision, in
+    disjoint windows of the blocks' length over their stream (the protocol's cost: bench/eval_protocol_bench.py)."""
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).to(measure.device())
     params = EvaluateParams()
@@ -76,12 +77,13 @@ def evaluate_stage(config: GPT2Config, blocks: np.ndarray) -> dict:
     warm_up(model, block_tensor[: params.batch_size], params.bf16)
     rss_before = measure.current_rss_bytes()
     started = time.perf_counter()
-    score_blocks(model, block_tensor, params.batch_size, params.bf16)
+    block_size = blocks.shape[1]
+    score_stream(model, block_tensor.flatten(), block_size, block_size, params.batch_size, params.bf16)
     measure.synchronize()
     seconds = time.perf_counter() - started
     precision = "bf16" if params.bf16 else "fp32"
     return figures(
-        f"evaluate stage: score_blocks, packed blocks, batch {params.batch_size}, {precision}",
+        f"evaluate stage: score_stream, disjoint windows, batch {params.batch_size}, {precision}",
         {"input_ids": blocks},
         seconds,
         rss_before,

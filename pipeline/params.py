@@ -23,6 +23,8 @@ import yaml
 from pipeline.errors import UserError
 
 SPLITS = ("train", "validation", "test")
+EVAL_SPLITS = ("validation", "test")
+"""The splits evaluate scores, and whose whole token stream tokenize keeps for it."""
 
 
 class ParamsError(UserError):
@@ -130,6 +132,16 @@ class TrainParams:
     T x T attention maps) and on a GPU. Measured in docs/performance.md. Evaluate always uses the model's default."""
     logging_steps: int = 10
     """Optimizer steps between points of the training curve."""
+    eval_steps: int | None = 200
+    """Optimizer steps between validation losses (the validation curve, pipeline/training/validation.py); null: no
+    validation during training. Every 200 steps of 64 blocks costs GPT-2 small a few percent of training time
+    (docs/performance.md)."""
+    eval_blocks: int | None = 64
+    """The validation subset scored at each point: the first N blocks of the tokenized validation split (a fixed
+    subset, so points compare); null scores the whole split."""
+    early_stopping_patience: int | None = None
+    """Stop when this many validation points in a row bring no lower loss, and keep the weights of the best one;
+    null trains to the end and keeps the last weights. Needs `eval_steps`."""
     cache_frozen_prefix: bool = False
     """With head `untied` or `frozen`, compute the frozen embedding + blocks once and train the tail on their
     cached output (frozen blocks run without dropout either way, pipeline/training/trainee.py). Same loss as uncached;
@@ -150,8 +162,16 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    context: int = 1024
+    """Tokens fed per eval window, cut from each split's whole token stream (not the training blocks). GPT-2's full
+    1,024 positions, as published perplexities use (docs/evaluation.md); at most the model's `n_positions`, and
+    no more than it was trained on: a longer window than the model learned scores worse, not better."""
+    stride: int = 512
+    """New tokens scored per window (every token but the first is scored once); each has at least `context - stride`
+    tokens of context. 512 is HF's "Perplexity of fixed-length models" setting and costs about twice as much as
+    `stride = context` (disjoint windows); docs/evaluation.md says which published number each matches."""
     batch_size: int = 8
-    """Blocks per forward pass; memory stays flat in the eval set size whatever this is."""
+    """Windows per forward pass; memory stays flat in the eval set size whatever this is."""
     bf16: bool = False
     """Evaluate in fp32 by default so base and fine-tuned numbers are exact and comparable across machines."""
 
@@ -276,6 +296,11 @@ def model_issues(params: Params, config: Any) -> list[str]:
             f"tokenize.block_size: {params.tokenize.block_size} exceeds the model's n_positions "
             f"({config.n_positions}); positions past it have no embedding"
         )
+    if params.evaluate.context > config.n_positions:
+        issues.append(
+            f"evaluate.context: {params.evaluate.context} exceeds the model's n_positions ({config.n_positions}); "
+            "positions past it have no embedding"
+        )
     if params.freeze.trainable_blocks > config.n_layer:
         issues.append(
             f"freeze.trainable_blocks: {params.freeze.trainable_blocks} exceeds the model's n_layer ({config.n_layer})"
@@ -352,10 +377,15 @@ def _range_issues(params: Params) -> list[str]:
         "train.keep_checkpoints": params.train.keep_checkpoints,
         "evaluate.batch_size": params.evaluate.batch_size,
         "samples.max_new_tokens": params.samples.max_new_tokens,
+        "evaluate.context": params.evaluate.context,
+        "evaluate.stride": params.evaluate.stride,
     }
     optional_positive = {
         "train.max_steps": params.train.max_steps,
         "train.checkpoint_steps": params.train.checkpoint_steps,
+        "train.eval_steps": params.train.eval_steps,
+        "train.eval_blocks": params.train.eval_blocks,
+        "train.early_stopping_patience": params.train.early_stopping_patience,
     }
     optional_positive |= {f"data.max_{split}_lines": params.data.max_lines(split) for split in SPLITS}
     issues += [f"{key}: must be > 0, got {value}" for key, value in positive.items() if value <= 0]
@@ -372,6 +402,19 @@ def _range_issues(params: Params) -> list[str]:
         issues.append("samples.prompts: every prompt must hold some text (an empty one has nothing to continue)")
     if params.mlflow.registered_model is not None and not params.mlflow.log_model:
         issues.append("mlflow.registered_model needs mlflow.log_model: true (a version is made from the logged model)")
+    if params.evaluate.stride > params.evaluate.context:
+        issues.append(
+            f"evaluate.stride: {params.evaluate.stride} exceeds evaluate.context ({params.evaluate.context}); "
+            "a window cannot score more tokens than it holds"
+        )
+    if params.train.early_stopping_patience is not None and params.train.eval_steps is None:
+        issues.append("train.early_stopping_patience: needs train.eval_steps (validation points to stop on)")
+    freeze = params.freeze
+    if freeze.trainable_blocks == 0 and freeze.head == "frozen" and not freeze.train_ln_f:
+        issues.append(
+            "freeze: trainable_blocks 0, head frozen and train_ln_f false train nothing; let at least one of them "
+            "train (trainable_blocks >= 1, head tied or untied, or train_ln_f true)"
+        )
     return issues + _data_source_issues(params.data)
 
 

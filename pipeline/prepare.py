@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 PARAMS = {"prepare": ("data",)}
 """The params.yaml keys each DVC stage this module runs reads (dvc.yaml lists the same; a test holds them equal)."""
 
-# Wikitext marks an article's title as " = Title = "; sections add more "=" (" = = Section = = ").
-ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
+# Wikitext marks an article's title as " = Title = "; sections add more "=" (" = = Section = = "). Matched on the
+# line with its ending and trailing whitespace stripped, so CRLF and CR files cut at the same places as LF ones.
+ARTICLE_HEADING = re.compile(r"^ = [^=].* =$")
+# A line and its ending, which is kept: \r\n, \r or \n (not str.splitlines' other separators, which are text here).
+LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
 
 def prepare(data: DataParams) -> dict[str, Dataset]:
@@ -58,32 +61,56 @@ def read_lines(path: Path) -> list[str]:
         raise UserError(f"{path}: no such file (check data.*_file in params.yaml)") from None
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text (bad byte at offset {error.start}); re-encode it as UTF-8") from None
-    lines = text.splitlines(keepends=True)
+    lines = LINE.findall(text)
     if not any(line.strip() for line in lines):
         raise UserError(f"{path}: no text in it; give the split a non-empty file")
     return lines
 
 
 def split_documents(lines: list[str], fractions: list[float], seed: int) -> dict[str, list[str]]:
-    """Shuffle whole documents with a fixed seed and deal them out by fractions, keeping each one intact.
+    """Shuffle whole documents with a fixed seed and deal them out by fractions, each to exactly one split.
 
-    Documents start at article headings; a file without headings is cut at empty lines instead.
+    Documents start at article headings; a file without headings is cut at empty lines instead. A split that
+    would get no document is refused: an empty split would only fail later, in tokenize or evaluate.
     """
-    is_start = ARTICLE_HEADING.match if any(ARTICLE_HEADING.match(line.rstrip("\n")) for line in lines) else None
+    documents = cut_documents(lines)
+    counts = documents_per_split(len(documents), fractions)
+    if 0 in counts.values():
+        empty = ", ".join(split for split, count in counts.items() if count == 0)
+        raise UserError(
+            f"data.single_file holds {len(documents)} document(s); data.split_fractions {fractions} would leave "
+            f"the {empty} split(s) empty ({', '.join(f'{s} {n}' for s, n in counts.items())} documents): give a "
+            "file with more articles (' = Title = ' headings, or text blocks between empty lines), raise the small "
+            "fractions, or give one file per split (data.<split>_file)"
+        )
+    random.Random(seed).shuffle(documents)
+    splits, start = {}, 0
+    for split, count in counts.items():
+        splits[split] = [line for document in documents[start : start + count] for line in document]
+        start += count
+    return splits
+
+
+def cut_documents(lines: list[str]) -> list[list[str]]:
+    """Consecutive lines grouped into documents, each line in exactly one."""
+    has_headings = any(_is_heading(line) for line in lines)
     documents: list[list[str]] = [[]]
     for line in lines:
-        starts_new = is_start(line.rstrip("\n")) if is_start else not line.strip()
+        starts_new = _is_heading(line) if has_headings else not line.strip()
         if starts_new and documents[-1]:
             documents.append([])
         documents[-1].append(line)
-    if len(documents) < len(SPLITS):
-        raise UserError(f"data.single_file has {len(documents)} document(s); it needs at least one per split")
-    random.Random(seed).shuffle(documents)
-    train_end = max(1, round(fractions[0] * len(documents)))
-    validation_end = min(len(documents) - 1, max(train_end + 1, round((fractions[0] + fractions[1]) * len(documents))))
-    chosen = {"train": documents[:train_end], "validation": documents[train_end:validation_end]}
-    chosen["test"] = documents[validation_end:]
-    return {split: [line for document in docs for line in document] for split, docs in chosen.items()}
+    return documents
+
+
+def documents_per_split(documents: int, fractions: list[float]) -> dict[str, int]:
+    """Documents per split: cumulative fractions rounded, so the counts add up to `documents`."""
+    ends = [round(sum(fractions[: index + 1]) * documents) for index in range(len(SPLITS) - 1)] + [documents]
+    return {split: end - start for split, start, end in zip(SPLITS, [0, *ends[:-1]], ends, strict=True)}
+
+
+def _is_heading(line: str) -> bool:
+    return ARTICLE_HEADING.match(line.rstrip()) is not None
 
 
 def _subset(lines: list[str], max_lines: int | None) -> list[str]:

@@ -3,6 +3,9 @@
 The idea of run_clm's `group_texts`: concatenate a split's tokens and cut the stream into equal blocks. Nothing
 is padded, so no pad token is ever trained on or scored (the original script padded rows to 64 with pad=eos and
 trained on the pads). Only the tail shorter than one block is dropped, and the metrics say how many tokens.
+The eval splits' whole streams are also written, unpacked, to their own folder: evaluate cuts its own windows from
+them (evaluate.context, evaluate.stride), so every token is scored whatever block size training uses, and a
+block_size change leaves them, and so the base model's scores, unchanged.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pipeline.data.corpus import read_splits, write_splits
 from pipeline.data.files import atomic_dir, flatten_metrics, write_json
 from pipeline.data.loading import load_config, load_tokenizer
 from pipeline.errors import UserError
-from pipeline.params import load_params
+from pipeline.params import EVAL_SPLITS, load_params
 from pipeline.tracking.cli import exit_on_user_error
 from pipeline.tracking.runs import stage_run
 
@@ -30,8 +33,9 @@ PARAMS = {"tokenize": ("model.name_or_path", "tokenize.block_size")}
 
 def tokenize_splits(
     splits: dict[str, Dataset], tokenizer, block_size: int
-) -> tuple[dict[str, Dataset], dict[str, dict[str, int]]]:
-    blocks_by_split, stats = {}, {}
+) -> tuple[dict[str, Dataset], dict[str, Dataset], dict[str, dict[str, int]]]:
+    """Each split's packed blocks; the eval splits' whole token streams (one token per row); the counts."""
+    blocks_by_split, streams, stats = {}, {}, {}
     for split, dataset in splits.items():
         tokens = tokenize_text(dataset["text"], tokenizer)
         if len(tokens) < block_size:
@@ -41,8 +45,10 @@ def tokenize_splits(
             )
         blocks, dropped = pack_blocks(tokens, block_size)
         blocks_by_split[split] = Dataset.from_dict({"input_ids": blocks})
+        if split in EVAL_SPLITS:
+            streams[split] = Dataset.from_dict({"input_ids": tokens})
         stats[split] = {"tokens": len(tokens), "blocks": len(blocks), "dropped_tail_tokens": dropped}
-    return blocks_by_split, stats
+    return blocks_by_split, streams, stats
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,15 +56,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--prepared", type=Path, required=True, help="folder of prepared <split>.parquet")
     parser.add_argument("--out", type=Path, required=True, help="folder for packed <split>.parquet")
+    parser.add_argument("--streams", type=Path, required=True, help="folder for the eval splits' token streams")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON file of per-split token counts")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         params = load_params(args.params, load_model_config=load_config)
         with stage_run("tokenize", params, PARAMS["tokenize"], inputs=[args.prepared]) as run:
             tokenizer = load_tokenizer(params.model.name_or_path)
-            blocks, stats = tokenize_splits(read_splits(args.prepared), tokenizer, params.tokenize.block_size)
+            blocks, streams, stats = tokenize_splits(read_splits(args.prepared), tokenizer, params.tokenize.block_size)
             with atomic_dir(args.out) as staging:
                 write_splits(staging, blocks)
+            with atomic_dir(args.streams) as staging:
+                write_splits(staging, streams)
             write_json(args.metrics, stats)
             run.log_metrics(flatten_metrics(stats))
         for split, counts in stats.items():

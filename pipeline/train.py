@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from transformers import set_seed
 
@@ -29,6 +30,7 @@ from pipeline.training.checkpoints import STEP_LOG, CheckpointStore, base_model_
 from pipeline.training.freeze import count_parameters, format_parameter_table
 from pipeline.training.resumable import CheckpointCallback, StepLog, load_final_weights, training_finished
 from pipeline.training.trainer_setup import bf16_supported
+from pipeline.training.validation import ValidationCallback, load_best_weights, patience_exhausted, validation_blocks
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +46,36 @@ def train(
     store: CheckpointStore,
     use_bf16: bool,
     prefix_cache_dir: Path,
+    validation: torch.Tensor | None = None,
 ) -> tuple[StepLog, list[dict[str, float]]]:
-    """Train `model` in place on `blocks`, from the newest usable checkpoint of `store` if there is one.
+    """Train `model` in place on `blocks`, from the newest usable checkpoint of `store` if there is one, scoring
+    the `validation` blocks every `train.eval_steps` (pipeline/training/validation.py).
 
     Returns the step log of the whole run (resumed parts included) and this process's throughput points.
     SIGINT/SIGTERM stop it after the current step with a checkpoint, then raise `Interrupted`. With
     `train.cache_frozen_prefix` and a frozen prefix, the Trainer trains only the tail, on cached prefix outputs.
+    With early stopping, the model ends with the best weights.
     """
     resume_from = store.resume_point()
     step_log = StepLog.read(resume_from / STEP_LOG) if resume_from else StepLog()
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, len(step_log.losses))
     run.set_tags({"checkpoint.key": store.key, "checkpoint.resumed_from_step": len(step_log.losses)})
-    if resume_from and training_finished(resume_from):
+    patience = params.train.early_stopping_patience
+    if resume_from and (training_finished(resume_from) or patience_exhausted(step_log, patience)):
         load_final_weights(model, resume_from)
+        load_best_weights(model, resume_from)
         return step_log, []
     if params.train.checkpoint_steps:
         store.ensure_room(model)  # fail now, not after the first hour
     tokens_per_step = params.train.batch_size * params.train.grad_accum_steps * len(blocks[0]["input_ids"])
     with deferred_signals() as stop:
         callback = CheckpointCallback(step_log, store, stop, run, params.train.logging_steps, tokens_per_step)
+        callbacks = [callback]
+        if validation is not None:
+            scorer = ValidationCallback(model, validation, params.train, step_log, run, use_bf16)
+            scorer.resume(resume_from)
+            callbacks.insert(0, scorer)  # its point is in the step log before the step's checkpoint is sealed
         trainer = build_trainer(
             params,
             model,
@@ -71,10 +83,12 @@ def train(
             output_dir=store.staging,
             prefix_cache_dir=prefix_cache_dir,
             use_bf16=use_bf16,
-            callbacks=[callback],
+            callbacks=callbacks,
             step_log=step_log,
         )
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if validation is not None:
+        scorer.restore_best()
     return step_log, callback.throughput
 
 
@@ -97,6 +111,17 @@ def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
+def validation_summary(step_log: StepLog, patience: int | None) -> dict[str, float]:
+    """The last validation loss, and with early stopping the best one and its step (the weights saved)."""
+    if not step_log.validation:
+        return {}
+    summary = {"validation_loss": step_log.validation[-1][1]}
+    if patience is not None:
+        best_step, best_loss = min(step_log.validation, key=lambda point: point[1])
+        summary |= {"best_validation_loss": best_loss, "best_step": best_step}
+    return summary
+
+
 def choose_precision(params: Params, run: StageRun) -> bool:
     """Whether to train with bf16 autocast: asked for and supported by the hardware."""
     use_bf16 = params.train.bf16 and bf16_supported()
@@ -114,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix-cache", type=Path, required=True, help="folder of cached frozen-prefix outputs")
     parser.add_argument("--out", type=Path, required=True, help="folder for the fine-tuned model")
     parser.add_argument("--curve", type=Path, required=True, help="CSV of step, loss, learning_rate")
+    parser.add_argument("--validation-curve", type=Path, required=True, help="CSV of step, validation loss")
     parser.add_argument("--throughput", type=Path, required=True, help="CSV of step, tokens_per_s (not an output)")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON of final loss and parameter counts")
     args = parser.parse_args(argv)
@@ -121,7 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         params = load_params(args.params, load_model_config=load_config)
         with stage_run("train", params, PARAMS["train"], inputs=[args.tokenized], system_metrics=True) as run:
             set_seed(params.train.seed)
-            blocks = read_splits(args.tokenized, ("train",))["train"]
+            splits = read_splits(args.tokenized, ("train", "validation") if params.train.eval_steps else ("train",))
+            blocks = splits["train"]
+            validation = None
+            if "validation" in splits:
+                validation = validation_blocks(splits["validation"].with_format("torch")[:]["input_ids"],
+                                               params.train.eval_blocks)  # fmt: skip
             tokenizer = load_tokenizer(params.model.name_or_path)
             model = load_model(params.model.name_or_path)
             check_vocabulary(model, tokenizer, blocks)
@@ -134,16 +165,21 @@ def main(argv: list[str] | None = None) -> None:
             cached = str(caches_prefix(params, layout)).lower()
             run.set_tags({"freeze.head_mode": params.freeze.head, "train.frozen_prefix_cached": cached})
             use_bf16 = choose_precision(params, run)
-            key = checkpoint_key(params, split_path(args.tokenized, "train"), base_model, str(use_bf16))
+            validation_split = split_path(args.tokenized, "validation") if validation is not None else None
+            key = checkpoint_key(
+                params, split_path(args.tokenized, "train"), base_model, str(use_bf16), validation_split
+            )
             store = CheckpointStore(args.checkpoints, key, params.train.keep_checkpoints)
             with store.claimed():
-                step_log, throughput = train(params, model, blocks, run, store, use_bf16, args.prefix_cache)
+                step_log, throughput = train(params, model, blocks, run, store, use_bf16, args.prefix_cache, validation)
                 with atomic_dir(args.out) as staging:
                     model.save_pretrained(staging)
                     tokenizer.save_pretrained(staging)
                 write_curve(args.curve, step_log.curve(params.train.logging_steps))
+                write_curve(args.validation_curve, [{"step": s, "validation_loss": v} for s, v in step_log.validation])
                 write_curve(args.throughput, throughput)  # a timing: beside the outputs, not one of them
                 summary = {"train_loss": step_log.mean_loss(), "steps": len(step_log.losses)}
+                summary |= validation_summary(step_log, params.train.early_stopping_patience)
                 write_json(args.metrics, {**summary, "parameters": counts.as_json()})
                 run.log_metrics(summary)
                 store.discard()  # the outputs are complete: nothing is left to resume

@@ -163,10 +163,13 @@ def test_step_log_curve_and_mean_survive_a_round_trip_exactly(tmp_path):
         log.add_micro_batch(torch.tensor(step / 3, dtype=torch.float32))
         log.add_micro_batch(torch.tensor(0.1, dtype=torch.float32))
         log.close_step(learning_rate=1.0 / step)
+        if step % 10 == 0:
+            log.validation.append([step, 1.0 / 3 + step])
     log.write(tmp_path / "step_log.json")
     again = StepLog.read(tmp_path / "step_log.json")
 
     assert again.losses == log.losses and again.learning_rates == log.learning_rates
+    assert again.validation == [[10, 1.0 / 3 + 10], [20, 1.0 / 3 + 20]]
     curve = again.curve(every=10)
     assert [point["step"] for point in curve] == [10, 20, 25]
     assert curve[0]["loss"] == pytest.approx(sum(step / 3 + 0.1 for step in range(1, 11)) / 10, rel=1e-6)

@@ -42,6 +42,7 @@ def repo(pipeline_repo_factory, tiny_model_dir):
     repo.set_params(GOOD_RUN)
     corpus = repo.root / "local" / "corpus"
     (corpus / "empty.txt").write_text("\n\n   \n")
+    (corpus / "three-articles.txt").write_text("".join(f" = {title} = \n text of {title} .\n" for title in "ABC"))
     (corpus / "latin1.txt").write_bytes("= Café =\nUne ligne encodée en Latin-1.\n".encode("latin-1"))
 
     models = {name: broken_model(repo, name, tiny_model_dir) for name in ("no-weights", "truncated", "pickled")}
@@ -65,7 +66,7 @@ def repo(pipeline_repo_factory, tiny_model_dir):
         shutil.copy(tiny_model_dir / tokenizer_file, small_vocab / tokenizer_file)
 
     repo.commit("inputs good and bad")
-    for stage in ("prepare", "tokenize", "train"):
+    for stage in ("prepare", "tokenize", "train", "evaluate_base"):
         repo.run(*repo.stage_argv(stage))
     return repo
 
@@ -112,8 +113,43 @@ CASES = {
         {"params": {"data.test_file": "local/corpus/gone.txt"}},
         ["local/corpus/gone.txt: no such file (check data.*_file in params.yaml)"],
     ),
+    "params: a freeze policy that trains nothing": (
+        "train",
+        {"params": {"freeze.trainable_blocks": 0, "freeze.head": "frozen", "freeze.train_ln_f": False}},
+        ["freeze: trainable_blocks 0, head frozen and train_ln_f false train nothing"],
+    ),
+    "data: a single file too small for three splits": (
+        "prepare",
+        {"params": {"data.single_file": "local/corpus/three-articles.txt", "data.train_file": None,
+                    "data.validation_file": None, "data.test_file": None}},
+        ["data.single_file holds 3 document(s); data.split_fractions [0.9, 0.05, 0.05] would leave the validation, "
+         "test split(s) empty (train 3, validation 0, test 0 documents)"],
+    ),
     "data: missing upstream output": (
         "train", {"options": {"tokenized": "data/nowhere"}}, ["missing data/nowhere/train.parquet: run the upstream"],
+    ),
+    "evaluate: missing upstream output": (
+        "evaluate", {"options": {"tokenized": "data/nowhere"}},
+        ["missing data/nowhere/validation.parquet: run the upstream"],
+    ),
+    "evaluate: missing base metrics": (
+        "evaluate", {"options": {"base_metrics": "metrics/nowhere.json"}},
+        ["missing metrics/nowhere.json: run the upstream"],
+    ),
+    "evaluate: fine-tuned model folder without model.safetensors": (
+        "evaluate",
+        {"options": {"model": "local/models/no-weights"}},
+        ["model.name_or_path='local/models/no-weights': could not load its weights", "no file named model.safetensors"],
+    ),
+    "evaluate_base: weights truncated": (
+        "evaluate_base",
+        {"params": {"model.name_or_path": "local/models/truncated"}},
+        ["model.name_or_path='local/models/truncated': could not load its weights", "Error while deserializing header"],
+    ),
+    "evaluate_base: pickled weights only": (
+        "evaluate_base",
+        {"params": {"model.name_or_path": "local/models/pickled"}},
+        ["no file named model.safetensors", "pickled .bin weights are refused"],
     ),
     "model: weights file missing": (
         "train",

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from pipeline.training import linear_cross_entropy
@@ -30,14 +31,25 @@ def grads_after(model, loss) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("num_items", [None, 40])
-def test_loss_and_gradients_are_the_models_own_in_fp32(tiny_config, num_items, monkeypatch):
+# model_and_labels: 5 rows x 11 predicted positions = 55, less the 4 + 1 whose labels are IGNORE_INDEX.
+SCORED_BY_HAND = 50
+
+
+@pytest.mark.parametrize("num_items", [None, 100])
+def test_loss_and_gradients_are_plain_cross_entropy_over_the_scored_positions_in_fp32(
+    tiny_config, num_items, monkeypatch
+):
+    """Against F.cross_entropy on the shifted logits, summed and divided by the hand-counted scored positions, or by
+    `num_items_in_batch` (100: what the Trainer passes for a batch accumulated over two such micro-batches)."""
     monkeypatch.setattr(linear_cross_entropy, "ROWS_PER_CHUNK", 7)  # chunks that do not divide the 55 rows
     model, input_ids, labels = model_and_labels(tiny_config)
-    extra = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
-    expected = model(input_ids=input_ids, labels=labels, **extra).loss
+    logits = model(input_ids=input_ids).logits
+    summed = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    expected = summed / (SCORED_BY_HAND if num_items is None else num_items)
     expected_grads = grads_after(model, expected)
-    actual = fused_loss(model, input_ids, labels, extra.get("num_items_in_batch"))
+    actual = fused_loss(model, input_ids, labels, None if num_items is None else torch.tensor(num_items))
     actual_grads = grads_after(model, actual)
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
     assert actual_grads.keys() == expected_grads.keys()

@@ -1,53 +1,113 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import GPT2LMHeadModel
 
-from pipeline.evaluation.lm_metrics import TokenScores, score_blocks
+from pipeline.evaluation.lm_metrics import TokenScores, Window, plan_windows, score_stream
 
 
-def test_prediction_at_t_is_scored_against_token_t_plus_1():
+def scored_targets(windows: list[Window]) -> list[int]:
+    """Stream indices of the tokens the windows score: a window feeding [start, start+length) predicts the token
+    after each of them, and its last `scored` predictions count."""
+    end = lambda w: w.start + w.length  # noqa: E731
+    return [target for w in windows for target in range(end(w) - w.scored + 1, end(w) + 1)]
+
+
+@pytest.mark.parametrize(
+    ("n_tokens", "context", "stride"),
+    [(49, 16, 16), (50, 16, 16), (100, 16, 5), (100, 16, 1), (1000, 64, 48), (37, 8, 3), (5, 16, 4), (17, 16, 16)],
+)
+def test_every_token_but_the_first_is_scored_exactly_once(n_tokens, context, stride):
+    windows = list(plan_windows(n_tokens, context, stride))
+    assert scored_targets(windows) == list(range(1, n_tokens))
+    assert all(w.length == min(context, n_tokens - 1) and w.start >= 0 for w in windows)
+    assert all(0 < w.scored <= stride for w in windows[1:])
+    # every scored prediction sees at least context - stride earlier tokens besides its own
+    assert all(w.length - w.scored >= context - stride for w in windows[1:])
+
+
+def test_windows_worked_out_by_hand():
+    # 10 tokens, targets 1..9: the first window scores 1..4, the next 5..7, the last (a full window) 8..9
+    assert list(plan_windows(10, context=4, stride=3)) == [Window(0, 4, 4), Window(3, 4, 3), Window(5, 4, 2)]
+
+
+def test_scores_count_loss_and_correct_predictions():
     vocab = 5
-    input_ids = torch.tensor([[1, 2, 3, 4]])
-    # Logits that put all mass on the *next* token at positions 0 and 1, and on a wrong token at position 2.
-    logits = torch.full((1, 4, vocab), -1e4)
-    logits[0, 0, 2] = logits[0, 1, 3] = logits[0, 2, 0] = 0.0
-    logits[0, 3, 4] = 0.0  # the last position predicts past the block and must not be scored
+    logits = torch.full((3, vocab), -1e4)
+    logits[0, 2] = logits[1, 3] = logits[2, 0] = 0.0
     scores = TokenScores()
-    scores.update(logits, input_ids)
-    assert scores.tokens == 3
-    assert scores.correct == 2
-    assert scores.accuracy == pytest.approx(2 / 3)
+    scores.update(logits, torch.tensor([2, 3, 4]))
+    assert (scores.tokens, scores.correct) == (3, 2)
+    assert scores.loss == pytest.approx(1e4 / 3)
 
 
-def test_perplexity_is_exp_of_mean_token_loss():
-    torch.manual_seed(0)
-    logits, input_ids = torch.randn(2, 6, 11), torch.randint(0, 11, (2, 6))
-    scores = TokenScores()
-    scores.update(logits, input_ids)
-    expected_loss = F.cross_entropy(logits[:, :-1].reshape(-1, 11), input_ids[:, 1:].reshape(-1)).item()
-    assert scores.loss == pytest.approx(expected_loss, rel=1e-6)
-    assert scores.perplexity == pytest.approx(math.exp(expected_loss), rel=1e-6)
-
-
-def test_streaming_equals_all_at_once_and_matches_the_models_own_loss(tiny_config):
+def test_stride_equal_to_context_is_disjoint_windows_scored_in_full(tiny_config):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(tiny_config)
-    blocks = torch.randint(0, tiny_config.vocab_size, (7, 16))  # 7 blocks: batches of 3 leave a short last one
-    streamed = score_blocks(model, blocks, batch_size=3)
-    at_once = score_blocks(model, blocks, batch_size=len(blocks))
-    assert streamed.tokens == at_once.tokens == 7 * 15
-    assert streamed.correct == at_once.correct
-    assert streamed.loss == pytest.approx(at_once.loss, rel=1e-6)
-    with torch.no_grad():
-        model_loss = model(input_ids=blocks, labels=blocks).loss.item()  # HF shifts labels the same way
-    assert streamed.loss == pytest.approx(model_loss, rel=1e-5)
+    stream = torch.randint(0, tiny_config.vocab_size, (3 * 16 + 1,))
+    scores = score_stream(model, stream, context=16, stride=16, batch_size=2)
+    with torch.no_grad():  # independent: full logits of three disjoint 16-token inputs, each predicting the next 16
+        logits = model(input_ids=stream[:-1].view(3, 16)).logits
+    losses = F.cross_entropy(logits.reshape(-1, tiny_config.vocab_size), stream[1:], reduction="none")
+    assert scores.tokens == 48
+    assert scores.loss == pytest.approx(losses.mean().item(), rel=1e-5)
+    assert scores.correct == (logits.argmax(-1).flatten() == stream[1:]).sum().item()
+    assert scores.perplexity == pytest.approx(math.exp(losses.mean().item()), rel=1e-5)
+
+
+def test_batch_size_does_not_change_the_scores(tiny_config):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_config)
+    stream = torch.randint(0, tiny_config.vocab_size, (203,), dtype=torch.int32)  # stride 12 does not divide it
+    one = score_stream(model, stream, context=32, stride=12, batch_size=1)
+    many = score_stream(model, stream, context=32, stride=12, batch_size=7)
+    assert one.tokens == many.tokens == 202
+    assert (one.correct, one.loss) == (many.correct, pytest.approx(many.loss, rel=1e-6))
+
+
+class PeriodicCopyLM(nn.Module):
+    """A model that context helps, exactly: on a stream repeating every `period` tokens it predicts the token
+    `period` back when its window holds it (logit 10 on it), and is uniform (loss ln V) where it does not."""
+
+    def __init__(self, vocab: int, period: int) -> None:
+        super().__init__()
+        self.vocab, self.period = vocab, period
+        self.head = nn.Linear(vocab, vocab, bias=False)
+        nn.init.eye_(self.head.weight)
+        self.head.weight.data *= 10
+        self.base_model = self._hidden_states
+
+    def _hidden_states(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        hidden = torch.zeros(*input_ids.shape, self.vocab)
+        lag = self.period - 1  # position p predicts token p+1, equal to token p+1-period
+        hidden[:, lag:] = F.one_hot(input_ids[:, : input_ids.shape[1] - lag], self.vocab).float()
+        return SimpleNamespace(last_hidden_state=hidden)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.head
+
+
+def test_a_sliding_window_scores_lower_than_disjoint_windows_where_context_helps():
+    vocab, period, context = 11, 7, 16
+    model = PeriodicCopyLM(vocab, period)
+    stream = torch.randint(0, vocab, (period,), generator=torch.Generator().manual_seed(0)).repeat(8)[: 3 * 16 + 1]
+    uniform, copied = math.log(vocab), math.log(1 + (vocab - 1) * math.exp(-10))
+    disjoint = score_stream(model, stream, context, stride=context, batch_size=2)
+    sliding = score_stream(model, stream, context, stride=4, batch_size=2)
+    # Disjoint: the first period-1 = 6 positions of each of the 3 windows cannot see a period back. Sliding by 4:
+    # only the first window's 6 (later windows score positions 12..15, which all can).
+    assert disjoint.tokens == sliding.tokens == 48
+    assert disjoint.loss == pytest.approx((18 * uniform + 30 * copied) / 48, rel=1e-6)
+    assert sliding.loss == pytest.approx((6 * uniform + 42 * copied) / 48, rel=1e-6)
+    assert sliding.loss < disjoint.loss
 
 
 def test_scoring_turns_dropout_off(tiny_config):
     config = type(tiny_config)(**{**tiny_config.to_dict(), "resid_pdrop": 0.5, "embd_pdrop": 0.5})
     model = GPT2LMHeadModel(config).train()
-    blocks = torch.randint(0, config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(1))
-    assert score_blocks(model, blocks, 2).loss == score_blocks(model, blocks, 2).loss
+    stream = torch.randint(0, config.vocab_size, (70,), generator=torch.Generator().manual_seed(1))
+    assert score_stream(model, stream, 16, 8, 2).loss == score_stream(model, stream, 16, 8, 2).loss

@@ -40,6 +40,7 @@ def test_repo_params_load_with_documented_defaults():
     assert (params.freeze.trainable_blocks, params.freeze.train_ln_f, params.freeze.head) == (1, False, "tied")
     assert params.train.learning_rate == pytest.approx(5e-5)
     assert params.flat()["freeze.head"] == "tied"
+    assert (params.evaluate.context, params.evaluate.stride) == (1024, 512)  # HF's sliding window on GPT-2's context
 
 
 def test_digest_changes_with_any_value_and_only_then(tmp_path):
@@ -74,6 +75,9 @@ def test_every_problem_is_reported_at_once(tmp_path):
         ({"train.max_steps": 0}, "train.max_steps: must be > 0 or null"),
         ({"data.max_test_lines": -5}, "data.max_test_lines: must be > 0 or null"),
         ({"freeze.trainable_blocks": -1}, "freeze.trainable_blocks: must be >= 0"),
+        ({"evaluate.context": 0, "evaluate.stride": 0}, "evaluate.context: must be > 0, got 0"),
+        ({"evaluate.stride": 0}, "evaluate.stride: must be > 0, got 0"),
+        ({"evaluate.context": 256, "evaluate.stride": 257}, "evaluate.stride: 257 exceeds evaluate.context (256)"),
         ({"data.source": "local"}, "data.source is local: set data.single_file, or every split's file"),
         (
             {"data.source": "local", "data.single_file": "a.txt", "data.split_fractions": [0.5, 0.5]},
@@ -87,6 +91,14 @@ def test_every_problem_is_reported_at_once(tmp_path):
 )
 def test_out_of_range_values_are_refused(tmp_path, overrides, expected):
     assert expected in problems(write_params(tmp_path, overrides))
+
+
+def test_a_freeze_policy_that_trains_nothing_is_refused_and_each_way_out_is_accepted(tmp_path):
+    nothing = {"freeze.trainable_blocks": 0, "freeze.head": "frozen", "freeze.train_ln_f": False}
+    message = problems(write_params(tmp_path, nothing))
+    assert "freeze: trainable_blocks 0, head frozen and train_ln_f false train nothing" in message
+    for way_out in ({"freeze.trainable_blocks": 1}, {"freeze.head": "untied"}, {"freeze.train_ln_f": True}):
+        load_params(write_params(tmp_path, nothing | way_out))
 
 
 def test_booleans_are_not_numbers_and_ints_are_floats(tmp_path):
@@ -115,13 +127,15 @@ def test_missing_file_says_where_to_run(tmp_path):
 
 
 def test_model_config_checks_join_the_same_report(tmp_path, tiny_config):
-    path = write_params(tmp_path, {"tokenize.block_size": 65, "freeze.trainable_blocks": 3})
+    path = write_params(tmp_path, {"tokenize.block_size": 65, "freeze.trainable_blocks": 3, "evaluate.stride": 32})
     message = problems(path, load_model_config=lambda name: tiny_config)
-    assert "2 problem(s)" in message
+    assert "3 problem(s)" in message
     assert "block_size: 65 exceeds the model's n_positions (64)" in message
     assert "trainable_blocks: 3 exceeds the model's n_layer (2)" in message
-    at_limits = write_params(tmp_path, {"tokenize.block_size": 64, "freeze.trainable_blocks": 2})
-    assert load_params(at_limits, load_model_config=lambda name: tiny_config).tokenize.block_size == 64
+    assert "evaluate.context: 1024 exceeds the model's n_positions (64)" in message
+    at_limits = {"tokenize.block_size": 64, "freeze.trainable_blocks": 2, "evaluate.context": 64, "evaluate.stride": 64}
+    params = load_params(write_params(tmp_path, at_limits), load_model_config=lambda name: tiny_config)
+    assert (params.tokenize.block_size, params.evaluate.context, params.evaluate.stride) == (64, 64, 64)
 
 
 def test_unloadable_model_config_is_reported_as_a_problem(tmp_path):

@@ -41,6 +41,11 @@ def test_first_repro_runs_every_stage_and_writes_every_output(first_run):
     assert set(lock["stages"]) == STAGES
     curve = (repo.root / "plots/train_curve.csv").read_text().splitlines()
     assert curve[0] == "step,loss,learning_rate" and len(curve) > 2
+    # The offline profile scores the validation split every 50 of its 291 steps.
+    validation = (repo.root / "plots/validation_curve.csv").read_text().splitlines()
+    assert validation[0] == "step,validation_loss"
+    assert [row.split(",")[0] for row in validation[1:]] == ["50", "100", "150", "200", "250"]
+    assert repo.metrics("train")["validation_loss"] == float(validation[-1].split(",")[1])
 
 
 def test_metrics_show_counts_and_a_gain_over_the_base_model(first_run):
@@ -57,7 +62,12 @@ def test_metrics_show_counts_and_a_gain_over_the_base_model(first_run):
         assert finetuned["loss"] < base["loss"]
         assert finetuned["perplexity"] == pytest.approx(2.718281828 ** finetuned["loss"], rel=1e-6)
         assert 0 <= base["accuracy"] < finetuned["accuracy"] <= 1
-    assert report["base"] == repo.metrics("base")
+    base = repo.metrics("base")
+    assert report["base"] == {split: base[split] for split in ("validation", "test")}
+    protocol = {key: repo.params["evaluate"][key] for key in ("context", "stride")}
+    assert report["protocol"] == base["protocol"] == protocol
+    for split in ("validation", "test"):  # every token of the split's stream but its first, whatever block_size
+        assert report["finetuned"][split]["tokens"] == report["base"][split]["tokens"] == tokenized[split]["tokens"] - 1
 
 
 def test_mlflow_groups_the_stage_runs_under_one_finished_run(first_run):
@@ -113,3 +123,16 @@ def test_changing_a_train_param_reruns_only_train_and_evaluate_then_nothing(firs
     again = repo.dvc("repro")
     assert ran_stages(again) == set()
     assert json.loads(repo.dvc("status", "--json")) == {}
+
+
+def test_changing_the_eval_protocol_reruns_only_evaluation_and_disjoint_windows_score_worse(first_run):
+    repo, _ = first_run
+    sliding = repo.metrics("eval")
+    context = repo.params["evaluate"]["context"]
+    repo.set_params({"evaluate.stride": context})
+    assert ran_stages(repo.dvc("repro")) == {"evaluate_base", "evaluate"}
+    disjoint = repo.metrics("eval")
+    assert disjoint["protocol"] == {"context": context, "stride": context}
+    for model in ("base", "finetuned"):
+        assert sliding[model]["validation"]["loss"] < disjoint[model]["validation"]["loss"]
+        assert sliding[model]["validation"]["tokens"] == disjoint[model]["validation"]["tokens"]

@@ -50,11 +50,48 @@ def test_single_file_is_split_by_whole_documents_with_a_fixed_seed(tmp_path, mon
     assert other_seed["test"]["text"] != first["test"]["text"]
 
 
-def test_documents_without_headings_split_at_empty_lines():
-    lines = ["a\n", "b\n", "\n", "c\n", "\n", "d\n", "\n", "e\n"]
-    splits = split_documents(lines, [0.5, 0.25, 0.25], seed=0)
-    assert sorted("".join(itertools.chain(*splits.values()))) == sorted("".join(lines))
-    assert all(splits[split] for split in SPLITS)
+def test_documents_without_headings_split_at_empty_lines_each_whole_in_one_split():
+    documents = [["a\n", "b\n"], ["\n", "c\n"], ["\n", "d\n"], ["\n", "e\n"]]
+    splits = split_documents([line for document in documents for line in document], [0.5, 0.25, 0.25], seed=0)
+    assert [len(splits[split]) for split in SPLITS] == [4, 2, 2]
+    for document in documents:
+        homes = [split for split in SPLITS if _contains_run(splits[split], document)]
+        assert len(homes) == 1, (document, splits)
+
+
+def _contains_run(lines: list[str], run: list[str]) -> bool:
+    return any(lines[start : start + len(run)] == run for start in range(len(lines) - len(run) + 1))
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\r", "\n"], ids=["crlf", "cr", "lf"])
+def test_a_single_file_of_40_articles_puts_each_article_whole_in_exactly_one_split(tmp_path, monkeypatch, ending):
+    """Each article has lines found nowhere else; a heading missed (CRLF: " = T = \\r") would glue two articles."""
+    monkeypatch.chdir(tmp_path)
+    articles = {f"Article {index}": [line.replace("\n", ending) for line in article(f"Article {index}")]
+                for index in range(40)}  # fmt: skip
+    Path("all.txt").write_bytes("".join(line for lines in articles.values() for line in lines).encode())
+    splits = prepare(local_params(single_file="all.txt", split_fractions=[0.9, 0.05, 0.05]))
+    texts = {split: splits[split]["text"] for split in SPLITS}
+    for title, lines in articles.items():
+        homes = [split for split in SPLITS if _contains_run(texts[split], lines)]
+        assert len(homes) == 1, f"{title} is whole in {homes}"
+        body = f" First line of {title} .{ending}"
+        assert sum(text.count(body) for split in SPLITS for text in texts[split]) == 1
+    # 36 / 2 / 2 articles of 6 lines: every line is in exactly one split, none lost or doubled.
+    assert [len(texts[split]) for split in SPLITS] == [216, 12, 12]
+
+
+def test_a_split_that_would_be_empty_is_refused_with_the_counts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("few.txt").write_text("".join(line for title in ("A", "B", "C") for line in article(title)))
+    with pytest.raises(UserError) as caught:
+        prepare(local_params(single_file="few.txt", split_fractions=[0.9, 0.05, 0.05]))
+    message = str(caught.value)
+    assert "holds 3 document(s)" in message and "[0.9, 0.05, 0.05]" in message
+    assert "the validation, test split(s) empty (train 3, validation 0, test 0 documents)" in message
+    assert "\n" not in message
+    three = prepare(local_params(single_file="few.txt", split_fractions=[0.4, 0.3, 0.3]))
+    assert [len(three[split]) for split in SPLITS] == [6, 6, 6]
 
 
 def test_subset_is_a_prefix_of_each_split(tmp_path, monkeypatch):

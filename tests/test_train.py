@@ -19,9 +19,14 @@ from pipeline.training.trainer_setup import use_attention
 
 pytestmark = pytest.mark.slow
 
-# A 400-line train split: 13 optimizer steps of 16 blocks per epoch, 39 in three epochs, a checkpoint every 5.
-SMALL_RUN = {"data.max_train_lines": 400, "train.checkpoint_steps": 5, "train.logging_steps": 5}
-OUTPUTS = ("model.safetensors", "config.json", "tokenizer.json", "curve.csv", "train.json")
+# A 400-line train split: 13 optimizer steps of 16 blocks per epoch, 39 in three epochs, a checkpoint every 5, a
+# validation point every 5 (on 8 blocks) and early stopping with a patience it never exhausts, so the best weights
+# travel through every checkpoint and the saved model is the best point's.
+SMALL_RUN = {
+    "data.max_train_lines": 400, "train.checkpoint_steps": 5, "train.logging_steps": 5, "train.eval_steps": 5,
+    "train.eval_blocks": 8, "train.early_stopping_patience": 100,
+}  # fmt: skip
+OUTPUTS = ("model.safetensors", "config.json", "tokenizer.json", "curve.csv", "validation.csv", "train.json")
 # The last run goes through this driver: the real stage's main, with every torch.load call's weights_only recorded.
 TORCH_LOAD_SPY = """
 import json, sys, torch
@@ -41,7 +46,7 @@ finally:
 def train_argv(repo, name: str) -> list[str]:
     return repo.stage_argv(
         "train", checkpoints=f"ck-{name}", out=f"out-{name}/model", curve=f"out-{name}/curve.csv",
-        metrics=f"out-{name}/train.json",
+        validation_curve=f"out-{name}/validation.csv", metrics=f"out-{name}/train.json",
     )  # fmt: skip
 
 
@@ -60,7 +65,7 @@ def run_until(repo, argv: list[str], checkpoint: str, signum: int) -> subprocess
 
 def output_bytes(repo, name: str) -> dict[str, bytes]:
     folder = repo.root / f"out-{name}"
-    files = {"curve.csv": folder / "curve.csv", "train.json": folder / "train.json"}
+    files = {name: folder / name for name in ("curve.csv", "validation.csv", "train.json")}
     files |= {file: folder / "model" / file for file in OUTPUTS if file not in files}
     return {file: path.read_bytes() for file, path in files.items()}
 
@@ -125,6 +130,13 @@ def test_resumed_outputs_are_bitwise_those_of_an_uninterrupted_run(repo, chain):
     resumed, uninterrupted = output_bytes(repo, "resumed"), output_bytes(repo, "uninterrupted")
     assert [file for file in OUTPUTS if resumed[file] != uninterrupted[file]] == []
     assert json.loads(resumed["train.json"])["steps"] == 39 > int(chain["newest"].removeprefix("checkpoint-"))
+    validation = resumed["validation.csv"].decode().splitlines()
+    assert validation[0] == "step,validation_loss" and [row.split(",")[0] for row in validation[1:]] == [
+        str(step) for step in range(5, 40, 5)
+    ]
+    summary = json.loads(resumed["train.json"])
+    losses = [float(row.split(",")[1]) for row in validation[1:]]
+    assert summary["best_validation_loss"] == min(losses) and summary["validation_loss"] == losses[-1]
     print(f"kill -9, SIGTERM and resume chain: {chain['seconds']:.0f} s")
 
 

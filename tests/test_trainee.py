@@ -1,9 +1,15 @@
+import dataclasses
+
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback
 
-from pipeline.params import FreezeParams
+from pipeline.params import FreezeParams, Params
+from pipeline.training.assembly import build_trainer, prepare_model
 from pipeline.training.freeze import apply_freeze_policy
+from pipeline.training.resumable import StepLog
 from pipeline.training.trainee import WholeModelTrainee
 
 
@@ -93,3 +99,49 @@ def test_loss_is_the_models_own_with_the_fused_activation_and_the_config_is_unto
     reference = GPT2LMHeadModel(model.config)  # a fresh model with gelu_new, the same weights
     reference.load_state_dict(model.state_dict())
     torch.testing.assert_close(loss, reference(input_ids=input_ids, labels=input_ids).loss, rtol=1e-6, atol=1e-6)
+
+
+def test_the_trainers_loss_and_gradient_are_the_mean_over_scored_tokens_of_the_accumulated_batch(tiny_config, tmp_path):
+    """One optimizer step of 3 micro-batches x 2 blocks (so every block): the logged loss and the clipped-before
+    gradient norm must be plain cross_entropy over the shifted logits of all 6 blocks, not (S-1)/S of it."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(**{**tiny_config.to_dict(), "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
+    )
+    blocks = torch.randint(0, tiny_config.vocab_size, (6, 16), generator=torch.Generator().manual_seed(2))
+    reference = GPT2LMHeadModel(model.config)
+    reference.load_state_dict(model.state_dict())
+    freeze = FreezeParams(trainable_blocks=1, train_ln_f=False, head="tied")
+    apply_freeze_policy(reference, freeze)
+    logits = reference(input_ids=blocks).logits
+    expected = F.cross_entropy(logits[:, :-1].flatten(0, 1), blocks[:, 1:].flatten())  # 6 x 15 positions
+    expected.backward()
+    expected_norm = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in reference.parameters() if p.requires_grad])
+    )
+
+    params = Params.defaults()
+    train = dataclasses.replace(
+        params.train, batch_size=2, grad_accum_steps=3, max_steps=1, logging_steps=1, bf16=False,
+        checkpoint_steps=None, max_grad_norm=1e9,
+    )  # fmt: skip
+    params = dataclasses.replace(params, train=train, freeze=freeze)
+    prepare_model(model, params)
+    step_log = StepLog()
+    trainer = build_trainer(
+        params, model, Dataset.from_dict({"input_ids": blocks.tolist()}), output_dir=tmp_path / "out",
+        prefix_cache_dir=tmp_path / "cache", use_bf16=False, step_log=step_log,
+    )  # fmt: skip
+    trainer.add_callback(_CloseSteps(step_log))
+    trainer.train()
+    assert step_log.losses[0] == pytest.approx(expected.item(), rel=1e-5)
+    grad_norm = next(entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry)
+    assert grad_norm == pytest.approx(expected_norm.item(), rel=1e-4)
+
+
+class _CloseSteps(TrainerCallback):
+    def __init__(self, step_log: StepLog) -> None:
+        self.step_log = step_log
+
+    def on_optimizer_step(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.step_log.close_step(0.0)

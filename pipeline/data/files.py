@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+
 
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
@@ -44,7 +46,11 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """A stage's JSON input (another stage's metrics); missing, it is the user's to make, not a crash."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"missing {path}: run the upstream stage first (`dvc repro`)") from None
 
 
 def flatten_metrics(nested: dict[str, Any], prefix: str = "") -> dict[str, float]:

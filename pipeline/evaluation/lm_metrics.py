@@ -1,14 +1,18 @@
-"""Streaming language-model metrics: mean token cross-entropy, perplexity and next-token accuracy.
+"""Streaming language-model metrics over a split's whole token stream: mean token cross-entropy, perplexity and
+next-token accuracy, scored in (possibly overlapping) windows of `context` tokens.
 
-Each batch is reduced to three numbers (summed loss, correct predictions, scored tokens) before the next one is
-computed, so memory does not grow with the eval set (the original script kept every logit of the whole set).
-The prediction at position t is scored against token t+1; blocks are packed text with no padding, so every
-scored token is real text. The first token of each block has no prediction inside the block and is not scored.
+A window feeds `context` tokens and is scored only at its last `stride` positions (the first window at all of
+them), so every token of the stream but the very first is predicted exactly once, each with at least
+`context - stride` tokens before it (the sliding window of HF's "Perplexity of fixed-length models" guide;
+`stride = context` is disjoint windows). Each batch is reduced to three numbers before the next one is computed,
+so memory does not grow with the split; the LM head runs only at scored positions, in chunks, since the head over
+GPT-2's 50,257 words costs as much as a third of the body and its full logits are the largest tensor.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -17,6 +21,32 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+HEAD_CHUNK_ROWS = 1_024
+"""Scored positions per LM-head call: 1,024 x 50,257 fp32 logits are 206 MB, whatever the batch and window."""
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int
+    """First stream index fed to the model; it feeds `length` tokens and predicts the token after each."""
+    length: int
+    scored: int
+    """How many of its last predictions are scored (the targets no earlier window scored)."""
+
+
+def plan_windows(n_tokens: int, context: int, stride: int) -> Iterator[Window]:
+    """The windows that score stream targets 1..n_tokens-1 once each; all `context` long unless the stream is shorter.
+
+    Window k's last target is `context + (k-1) * stride` (the last one: the stream's end); it starts `context`
+    tokens before that, so the final window keeps a full context even when it scores fewer than `stride` tokens.
+    """
+    scored_through = 0  # the last target scored so far
+    while scored_through < n_tokens - 1:
+        last_target = min(scored_through + (context if scored_through == 0 else stride), n_tokens - 1)
+        start = max(0, last_target - context)
+        yield Window(start=start, length=last_target - start, scored=last_target - scored_through)
+        scored_through = last_target
+
 
 @dataclass
 class TokenScores:
@@ -24,12 +54,11 @@ class TokenScores:
     correct: int = 0
     tokens: int = 0
 
-    def update(self, logits: torch.Tensor, input_ids: torch.Tensor) -> None:
-        """Add one batch: logits (batch, seq, vocab) from the model, input_ids (batch, seq) it was given."""
-        predictions = logits[:, :-1].float()
-        targets = input_ids[:, 1:]
-        self.loss_sum += F.cross_entropy(predictions.flatten(0, 1), targets.flatten(), reduction="sum").item()
-        self.correct += (predictions.argmax(dim=-1) == targets).sum().item()
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add scored predictions: logits (n, vocab) and the n tokens they predict."""
+        logits = logits.float()
+        self.loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        self.correct += (logits.argmax(dim=-1) == targets).sum().item()
         self.tokens += targets.numel()
 
     @property
@@ -49,15 +78,27 @@ class TokenScores:
 
 
 @torch.inference_mode()
-def score_blocks(model: nn.Module, blocks: torch.Tensor, batch_size: int, bf16: bool = False) -> TokenScores:
-    """Score packed blocks (n_blocks, block_size) batch by batch; the model is put in eval mode (no dropout)."""
+def score_stream(
+    model: nn.Module, tokens: torch.Tensor, context: int, stride: int, batch_size: int, bf16: bool = False
+) -> TokenScores:
+    """Score a 1-D token stream window by window, `batch_size` windows per forward; the model is put in eval mode
+    (no dropout). `model` is a transformers causal LM (`base_model` gives hidden states, the output embeddings the
+    head)."""
     model.eval()
     device = next(model.parameters()).device
-    scores = TokenScores()
+    body, head = model.base_model, model.get_output_embeddings()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    for start in tqdm(range(0, len(blocks), batch_size), desc="scoring", unit="batch", leave=False):
-        batch = blocks[start : start + batch_size].to(device)
+    windows = list(plan_windows(len(tokens), context, stride))
+    scores = TokenScores()
+    for first in tqdm(range(0, len(windows), batch_size), desc="scoring", unit="batch", leave=False):
+        batch = windows[first : first + batch_size]
+        inputs = torch.stack([tokens[w.start : w.start + w.length] for w in batch]).long().to(device)
+        following = torch.stack([tokens[w.start + 1 : w.start + w.length + 1] for w in batch]).long().to(device)
+        positions = torch.arange(inputs.shape[1], device=device)
+        scored = positions >= torch.tensor([w.length - w.scored for w in batch], device=device)[:, None]
+        targets = following[scored]
         with autocast:
-            logits = model(input_ids=batch).logits
-        scores.update(logits, batch)
+            hidden = body(input_ids=inputs).last_hidden_state[scored]
+            for row in range(0, len(hidden), HEAD_CHUNK_ROWS):
+                scores.update(head(hidden[row : row + HEAD_CHUNK_ROWS]), targets[row : row + HEAD_CHUNK_ROWS])
     return scores

@@ -34,10 +34,10 @@ from pipeline.tracking.hashing import dvc_md5, file_md5
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 """Part of the key: bump it when what a checkpoint holds, or what training computes from the same params, changes,
 so older checkpoints stop matching (2: the trainee's fused head loss, padded head, one-kernel GELU and frozen blocks
-without dropout)."""
+without dropout; 3: the loss divided by the scored positions, B x (S-1), not B x S, and the validation record)."""
 MARKER = "complete.json"
 STEP_LOG = "step_log.json"
 # Without any of these the Trainer would resume silently from a weaker state (fresh optimizer, unseeded RNG).
@@ -49,14 +49,18 @@ _PREFIX = "checkpoint-"
 FREE_SPACE_MARGIN = 1.1
 
 
-def checkpoint_key(params: Params, train_split: Path, base_model: str, precision: str) -> str:
-    """16 hex digits naming one training configuration (see the module docstring for what goes in)."""
+def checkpoint_key(
+    params: Params, train_split: Path, base_model: str, precision: str, validation_split: Path | None = None
+) -> str:
+    """16 hex digits naming one training configuration (see the module docstring for what goes in); the validation
+    split when training scores it (its points are in the step log, and early stopping acts on them)."""
     identity = {
         "format": CHECKPOINT_FORMAT,
         "train": {k: v for k, v in dataclasses.asdict(params.train).items() if k not in _NOT_IN_KEY},
         "freeze": dataclasses.asdict(params.freeze),
         "block_size": params.tokenize.block_size,
         "train_blocks": file_md5(train_split),
+        "validation_blocks": file_md5(validation_split) if validation_split is not None else None,
         "base_model": base_model,
         "precision": precision,
         "versions": [torch.__version__, transformers.__version__],

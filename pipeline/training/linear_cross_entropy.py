@@ -97,7 +97,7 @@ def causal_lm_loss(
 ) -> torch.Tensor:
     """What `GPT2LMHeadModel(...).loss` is for the last hidden states (after ln_f): the mean cross-entropy of each
     position's prediction of the next label, skipping `IGNORE_INDEX`; divided by `num_items_in_batch` instead of
-    the number scored when the Trainer passes it (it counts the labels of the whole accumulated batch).
+    the number scored when the Trainer passes it (the scored positions of the whole accumulated batch).
 
     Under autocast the matmuls run in its dtype and the softmax in fp32, as the unfused loss does.
     """

@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StepLog:
-    """Loss and learning rate of every optimizer step so far (index 0 is step 1)."""
+    """Loss and learning rate of every optimizer step so far (index 0 is step 1), and the validation points
+    ([step, loss], pipeline/training/validation.py)."""
 
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
+    validation: list[list[float]] = field(default_factory=list)
     _pending: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def add_micro_batch(self, loss: torch.Tensor) -> None:
@@ -62,13 +64,13 @@ class StepLog:
         return _mean(self.losses)
 
     def write(self, path: Path) -> None:
-        payload = {"losses": self.losses, "learning_rates": self.learning_rates}
+        payload = {"losses": self.losses, "learning_rates": self.learning_rates, "validation": self.validation}
         path.write_text(json.dumps(payload), encoding="utf-8")  # json writes floats exactly (shortest repr)
 
     @classmethod
     def read(cls, path: Path) -> StepLog:
         payload = json.loads(path.read_text(encoding="utf-8"))
-        return cls(list(payload["losses"]), list(payload["learning_rates"]))
+        return cls(list(payload["losses"]), list(payload["learning_rates"]), list(payload["validation"]))
 
 
 def _mean(values: list[float]) -> float:

@@ -31,6 +31,11 @@ from pipeline.training.linear_cross_entropy import VOCAB_MULTIPLE, causal_lm_los
 class Trainee(nn.Module):
     """Shared by the whole-model and the cached-prefix trainees: state dict, train mode, and the head's loss."""
 
+    loss_type = "ForCausalLM"
+    """Tells the Trainer the loss shifts its labels, so its `num_items_in_batch` counts the B x (S-1) positions
+    scored, not B x S (it checks this attribute, as on transformers' own models); tests/test_trainee.py holds
+    the logged loss to an independent mean."""
+
     def __init__(self, model: GPT2LMHeadModel) -> None:
         super().__init__()
         self.model = model
@@ -84,8 +89,9 @@ class Trainee(nn.Module):
 
     def loss(self, last_hidden_states: torch.Tensor, labels: torch.Tensor, loss_kwargs: dict) -> CausalLMOutput:
         """Loss of the head on `last_hidden_states` (after ln_f). `loss_kwargs` carries the Trainer's
-        `num_items_in_batch`, so the loss is normalised exactly as the whole model's own would be (the Trainer
-        passes it because forward takes **kwargs)."""
+        `num_items_in_batch`, the scored positions of the whole accumulated batch (see `loss_type`), so the
+        micro-batch losses sum to the mean cross-entropy of the optimizer step (the Trainer passes it because
+        forward takes **kwargs)."""
         num_items = loss_kwargs.get("num_items_in_batch")
         loss = causal_lm_loss(last_hidden_states, self.head_weight(), labels, num_items, self.vocab_multiple)
         return CausalLMOutput(loss=loss)
