@@ -34,7 +34,7 @@ def workdir(tmp_path):
             "Set data.source: local",
         ),
         (
-            ("pipeline.tokenization", "--prepared", "p", "--out", "t", "--metrics", "m.json"),
+            ("pipeline.tokenization", "--prepared", "p", "--out", "t", "--streams", "s", "--metrics", "m.json"),
             "model.name_or_path='gpt2'",
             "python -m pipeline.offline",
         ),
