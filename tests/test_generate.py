@@ -31,11 +31,12 @@ def test_generate_is_repeatable_with_a_seed(tiny_model_dir, capsys):
         (["--model", "{model}", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
     ],
 )
-def test_generate_errors_are_one_paragraph_and_exit_2(tiny_model_dir, caplog, argv, message):
+def test_generate_errors_are_one_paragraph_and_exit_2(tiny_model_dir, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         main([arg.format(model=tiny_model_dir) for arg in argv])
     assert exit_info.value.code == USER_ERROR_EXIT_CODE
-    assert message in caplog.text and "Traceback" not in caplog.text
+    error = capsys.readouterr().err  # the stage's logging writes to stderr (configure_logging replaces handlers)
+    assert message in error and "Traceback" not in error
 
 
 def test_samples_are_byte_identical_across_calls(tiny_model_dir):

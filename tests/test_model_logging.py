@@ -58,8 +58,9 @@ def test_evaluation_describes_the_runs_scores_the_model_and_registers_a_version(
         assert client.get_run(run_id).data.tags["mlflow.note.content"] == note
     metrics = {metric.key: metric.value for metric in client.get_logged_model(model_id).metrics}
     assert metrics["validation_perplexity"] == 20.0
-    [version] = client.search_model_versions("name = 'tiny-test'")
-    assert version.model_id == model_id and version.run_id == train.run_id
+    [found] = client.search_model_versions("name = 'tiny-test'")
+    version = client.get_model_version("tiny-test", found.version)
+    assert version.source == client.get_logged_model(model_id).model_uri and version.run_id == train.run_id
     assert version.tags["validation_perplexity"] == "20"
     assert version.tags["params.hash"] == params.digest()
     assert version.tags["pipeline.group_run_id"] == evaluate.group_run_id
