@@ -78,13 +78,10 @@ GIT_IDENTITY = {
 
 def stage_command(dvc_yaml: Path, stage: str) -> str:
     """A stage's `cmd` with dvc.yaml's `${var}`s filled in from its top-level `vars`, as DVC runs it."""
+    from pipeline.tracking.lineage import interpolate
+
     pipeline = yaml.safe_load(dvc_yaml.read_text())
-    command = pipeline["stages"][stage]["cmd"]
-    for entry in pipeline.get("vars") or ():
-        for name, value in entry.items():
-            command = command.replace("${" + name + "}", str(value))
-    assert "${" not in command, f"unresolved variable in {stage}'s command: {command}"
-    return command
+    return interpolate(pipeline["stages"][stage]["cmd"], pipeline)
 
 
 class PipelineRepo:

@@ -10,17 +10,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.tracking.lineage import interpolate
+
 ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
-VARIABLES = {key: value for entry in DVC_YAML["vars"] for key, value in entry.items()}
 BOOKKEEPING = "pipeline/tracking/"
 
 
 def resolve(text: str) -> str:
-    for name, value in VARIABLES.items():
-        text = text.replace("${" + name + "}", str(value))
-    return text
+    return interpolate(text, DVC_YAML)
 
 
 def module_of(stage: str) -> str:

@@ -126,11 +126,13 @@ CASES = {
          "test split(s) empty (train 3, validation 0, test 0 documents)"],
     ),
     "data: missing upstream output": (
-        "train", {"options": {"tokenized": "data/nowhere"}}, ["missing data/nowhere/train.parquet: run the upstream"],
+        "train",
+        {"options": {"tokenized": "data/nowhere"}},
+        ["missing data/nowhere/train.parquet, data/nowhere/validation.parquet: run the upstream"],
     ),
     "evaluate: missing upstream output": (
-        "evaluate", {"options": {"tokenized": "data/nowhere"}},
-        ["missing data/nowhere/validation.parquet: run the upstream"],
+        "evaluate", {"options": {"streams": "data/nowhere"}},
+        ["missing data/nowhere/validation.parquet, data/nowhere/test.parquet: run the upstream"],
     ),
     "evaluate: missing base metrics": (
         "evaluate", {"options": {"base_metrics": "metrics/nowhere.json"}},

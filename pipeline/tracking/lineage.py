@@ -87,23 +87,26 @@ def group_key(root: Path, params: Params, lineage: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
+def interpolate(text: str, pipeline: dict) -> str:
+    """`text` from a loaded dvc.yaml with each `${name}` replaced by the top-level var of that name, as DVC's
+    templating fills it in (a name the vars lack raises KeyError)."""
+    variables = {
+        key: value for entry in pipeline.get("vars") or () if isinstance(entry, dict) for key, value in entry.items()
+    }
+    return _TEMPLATE_VAR.sub(lambda match: str(variables[match[1]]), text)
+
+
 def _stage_output_pathspecs(root: Path) -> list[str]:
     """Every output dvc.yaml declares, excluded from the group key's dirty check: metrics files are not git-ignored
     (they are committed), so without this the second stage of an execution would see the first one's metrics as
     uncommitted changes and start a group of its own."""
     try:
         pipeline = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))
-        variables = {
-            key: value
-            for entry in pipeline.get("vars") or ()
-            if isinstance(entry, dict)
-            for key, value in entry.items()
-        }
         kinds = ("outs", "metrics", "plots")
         stages = pipeline["stages"].values()
         declared = [entry for stage in stages for kind in kinds for entry in stage.get(kind) or ()]
         paths = [entry if isinstance(entry, str) else next(iter(entry)) for entry in declared]
-        resolved = [_TEMPLATE_VAR.sub(lambda match: str(variables[match[1]]), path) for path in paths]
+        resolved = [interpolate(path, pipeline) for path in paths]
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return []  # no dvc.yaml (a stage run by hand elsewhere), or one DVC itself would refuse
     return [f":(exclude){path}" for path in resolved]
