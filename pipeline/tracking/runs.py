@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
@@ -201,10 +202,9 @@ def _client(root: Path) -> MlflowClient:
 def _experiment_id(client: MlflowClient, name: str, root: Path) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        # Explicit, because MLflow's default artifact root for a SQLite store is `./mlruns` under the cwd, which
-        # is a temporary copy of the repo under `dvc exp run --temp`.
-        artifacts = (root / "mlruns" / "artifacts").as_uri()
-        return client.create_experiment(name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return client.create_experiment(
+            name, artifact_location=_artifact_location(client, root), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     if experiment.lifecycle_stage == "deleted":
         raise UserError(
             f"mlflow.experiment: experiment {name!r} is deleted in {client.tracking_uri}; restore it with "
@@ -213,6 +213,16 @@ def _experiment_id(client: MlflowClient, name: str, root: Path) -> str:
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+def _artifact_location(client: MlflowClient, root: Path) -> str | None:
+    """Where a new experiment keeps its artifacts: the repo's `mlruns/artifacts` for a store the client opens
+    itself, because MLflow's default there is `./mlruns` under the cwd, a temporary copy of the repo under
+    `dvc exp run --temp`; None for a tracking server, which then chooses (with `--serve-artifacts`, its own
+    `--artifacts-destination`, so every client's artifacts land in one place rather than on its own disk)."""
+    if urlparse(client.tracking_uri).scheme in ("http", "https"):
+        return None
+    return (root / "mlruns" / "artifacts").as_uri()
 
 
 def _group_run_id(client: MlflowClient, experiment_id: str, params: Params, lineage: dict[str, str], key: str) -> str:
