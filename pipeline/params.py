@@ -176,10 +176,10 @@ class TrainParams:
     """Stop when this many validation points in a row bring no lower loss, and keep the weights of the best one;
     null trains to the end and keeps the last weights. Needs `eval_steps`."""
     cache_frozen_prefix: bool = False
-    """With head `untied` or `frozen`, compute the frozen embedding + blocks once and train the tail on their
-    cached output (frozen blocks run without dropout either way, pipeline/training/trainee.py). Same loss as uncached;
-    costs tokens x n_embd x 4 bytes on disk (7.4 GB for Wikitext-2 train on GPT-2 small), so it is opt-in.
-    Ignored with the `tied` head."""
+    """With head `untied` or `frozen`, or method lora (its prefix: the blocks below `lora.adapted_blocks`), compute
+    the frozen embedding + blocks once and train the tail on their cached output (frozen blocks run without dropout
+    either way, pipeline/training/trainee.py). Same loss as uncached; costs tokens x n_embd x 4 bytes on disk (7.4 GB
+    for Wikitext-2 train on GPT-2 small), so it is opt-in. Ignored with the `tied` head."""
     deterministic: bool = True
     """`torch.use_deterministic_algorithms`, and on a GPU the cuBLAS workspace it needs (trainer_setup.py): reruns
     on the same machine and thread count give bitwise-identical weights; docs/performance.md gives its measured
