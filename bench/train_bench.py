@@ -140,7 +140,7 @@ def train_setting(setting: TrainSetting, config: GPT2Config, inputs: dict[str, n
             )
         else:  # the train stage's own assembly; a cached prefix is built before the timed steps, as epoch 1's
             params = project_params(setting, steps + 1)
-            layout = prepare_model(model, params)
+            layout = prepare_model(model, params).layout
             use_bf16 = params.train.bf16 and bf16_supported()
             if caches_prefix(params, layout):
                 prefix_blocks = layout.first_trainable_block

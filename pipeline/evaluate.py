@@ -2,8 +2,9 @@
 
 dvc.yaml runs this module twice. `--model base` scores the pretrained model before fine-tuning (stage
 `evaluate_base`: it depends only on the model and the data, so DVC caches it across train-param changes).
-`--model <folder>` scores the fine-tuned model and reports it beside the base numbers, with the gain; it is the
-last stage, so it also puts the final metrics and parameter counts on the pipeline's MLflow group run.
+`--model <folder>` scores the fine-tuned model and reports it beside the base numbers, with the gain, and writes
+fixed-prompt continuations of both models side by side (`--samples`). It is the last stage, so it also puts the
+final metrics and parameter counts on the pipeline's MLflow group run, and its scores on the logged model.
 Both score windows of `evaluate.context` tokens sliding by `evaluate.stride` over each split's whole stream
 (pipeline/evaluation/lm_metrics.py) and record that protocol beside the scores: numbers are comparable only
 under the same one (docs/evaluation.md).
@@ -16,18 +17,23 @@ import logging
 from pathlib import Path
 
 from pipeline.data.corpus import read_splits
-from pipeline.data.files import flatten_metrics, read_json, write_json
-from pipeline.data.loading import load_config, load_model
+from pipeline.data.files import flatten_metrics, read_json, write_json, write_text_atomic
+from pipeline.data.loading import load_config, load_model, load_tokenizer
 from pipeline.errors import UserError
 from pipeline.evaluation.lm_metrics import score_stream
+from pipeline.evaluation.samples import side_by_side
 from pipeline.params import EVAL_SPLITS, Params, load_params
 from pipeline.tracking.cli import exit_on_user_error
+from pipeline.tracking.models import record_evaluation
 from pipeline.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
 
 BASE_MODEL = "base"
-PARAMS = {"evaluate_base": ("model.name_or_path", "evaluate"), "evaluate": ("evaluate",)}
+PARAMS = {
+    "evaluate_base": ("model.name_or_path", "evaluate"),
+    "evaluate": ("model.name_or_path", "evaluate", "samples"),
+}
 """The params.yaml keys each DVC stage this module runs reads (dvc.yaml lists the same; a test holds them equal)."""
 
 
@@ -78,17 +84,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, required=True, help="JSON file for the scores")
     parser.add_argument("--base-metrics", type=Path, help="the base model's scores (fine-tuned evaluation only)")
     parser.add_argument("--train-metrics", type=Path, help="train's metrics, for the group run (fine-tuned only)")
+    parser.add_argument("--samples", type=Path, help="Markdown of base vs fine-tuned continuations (fine-tuned only)")
     args = parser.parse_args(argv)
     is_base = args.model == BASE_MODEL
-    if not is_base and not (args.base_metrics and args.train_metrics):
-        parser.error("a fine-tuned model needs --base-metrics and --train-metrics")
+    if not is_base and not (args.base_metrics and args.train_metrics and args.samples):
+        parser.error("a fine-tuned model needs --base-metrics, --train-metrics and --samples")
     with exit_on_user_error():
         params = load_params(args.params, load_model_config=load_config if is_base else None)
         model_path = params.model.name_or_path if is_base else args.model
         inputs = [args.streams] if is_base else [args.streams, Path(args.model), args.base_metrics, args.train_metrics]
         stage = "evaluate_base" if is_base else "evaluate"
         with stage_run(stage, params, PARAMS[stage], inputs=inputs, closes_group=not is_base) as run:
-            scores = evaluate(load_model(model_path), args.streams, params)
+            model = load_model(model_path)
+            scores = evaluate(model, args.streams, params)
             if is_base:
                 report = {**scores, "protocol": protocol(params)}
             else:
@@ -99,8 +107,19 @@ def main(argv: list[str] | None = None) -> None:
                 run.log_group_metrics(
                     flatten_metrics({**scored(report), "params": counts, "train_loss": trained["train_loss"]})
                 )
+                samples = side_by_side(
+                    load_model(params.model.name_or_path),
+                    model,
+                    load_tokenizer(args.model),
+                    params.samples.prompts,
+                    params.samples.max_new_tokens,
+                )
+                write_text_atomic(args.samples, samples)
+                run.log_artifact(args.samples)
             write_json(args.metrics, report)
             run.log_metrics(flatten_metrics(scored(report)))
+            if not is_base:
+                record_evaluation(run, Path(args.model), params, scored(report), trained["parameters"])
         print(summary_table(report if not is_base else {"base": report, "protocol": report["protocol"]}))
 
 

@@ -35,6 +35,12 @@ class ParamsError(UserError):
 class TrackingParams:
     experiment: str = "gpt2-wikitext2-freeze"
     """MLflow experiment that every stage logs to; one experiment per project keeps runs comparable."""
+    log_model: bool = True
+    """Log the fine-tuned model as an MLflow LoggedModel (transformers flavour): a second copy of its weights in the
+    artifact store (about 0.5 GB for GPT-2 small), made once per distinct model; false keeps only DVC's copy."""
+    registered_model: str | None = None
+    """Registered-model name that each pipeline run registers a new version of (needs `log_model`); null registers
+    nothing, because a registry entry is a hand-over decision, not a side effect of every experiment."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,15 @@ class TokenizeParams:
 
 
 @dataclass(frozen=True)
+class FinetuneParams:
+    method: Literal["freeze", "lora"] = "freeze"
+    """`freeze` (the original script's method) trains the parts of GPT-2 the `freeze` section names; `lora` keeps
+    the whole pretrained model frozen, head and tied embedding included, and trains low-rank adapters (the `lora`
+    section), merged into the weights they adapt for the saved model. With `lora` the `freeze` section is not read:
+    every pretrained weight stays frozen, whatever it says."""
+
+
+@dataclass(frozen=True)
 class FreezeParams:
     trainable_blocks: int = 1
     """How many of the last transformer blocks train; the original script trained only the last one."""
@@ -93,6 +108,36 @@ class FreezeParams:
     """GPT-2 ties `lm_head` to the input embedding `wte`. `tied` (the original script) trains both, so gradients
     flow back through every frozen block; `untied` trains a copy of `wte` as the head and keeps the input
     embedding frozen; `frozen` trains neither."""
+
+
+LoraTarget = Literal["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+"""A weight matrix of a GPT-2 block, by its path inside the block (not a name suffix: `c_proj` alone names two)."""
+LORA_TARGETS: tuple[str, ...] = typing.get_args(LoraTarget)
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    """Method `lora` only (pipeline/training/lora.py; README "LoRA")."""
+
+    rank: int = 8
+    """Rank r of each adapter (W + B A, with A: r x fan-in and B: fan-out x r); 8 is PEFT's default and in the range
+    where the LoRA paper (Hu et al., 2021, sec. 7.2) found adapted GPT-3 no worse than larger r. To match a freezing
+    point's trainable count, pick r with `lora_params_per_rank` (GPT-2 small, all four matrices of all 12 blocks:
+    r = 48 trains 7,077,888, against 7,087,872 for one unfrozen block)."""
+    alpha: float = 16.0
+    """The adapter's output is scaled by alpha / rank: 2 x rank, PEFT's usual example. As the LoRA paper (sec. 4.1)
+    does, keep it fixed when rank changes: with Adam, tuning alpha is about the same as tuning the learning rate."""
+    dropout: float = 0.1
+    """Dropout on the adapters' input, in [0, 1): 0.1, GPT-2's own dropout rate (`resid_pdrop`), so the adapters are
+    regularized as the weights beside them were in pretraining; QLoRA (Dettmers et al., 2023, App. A) found LoRA
+    dropout helps smaller models."""
+    target_modules: list[LoraTarget] = dataclasses.field(default_factory=lambda: list(LORA_TARGETS))
+    """The block matrices that get an adapter: all four by default, since adapting every matrix, MLP included, beat
+    attention-only adapters in QLoRA (Dettmers et al., 2023, sec. 4). `attn.c_attn` is q, k and v fused in one
+    matrix, so GPT-2 cannot adapt q and v alone as the LoRA paper did."""
+    adapted_blocks: int | None = None
+    """Adapters in the last N blocks only; null puts them in every block (LoRA's usual setting). Fewer blocks leave a
+    frozen prefix, which `train.cache_frozen_prefix` can skip, and a shorter backward pass."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +182,10 @@ class TrainParams:
     """Stop when this many validation points in a row bring no lower loss, and keep the weights of the best one;
     null trains to the end and keeps the last weights. Needs `eval_steps`."""
     cache_frozen_prefix: bool = False
-    """With head `untied` or `frozen`, compute the frozen embedding + blocks once and train the tail on their
-    cached output (frozen blocks run without dropout either way, pipeline/training/trainee.py). Same loss as uncached;
-    costs tokens x n_embd x 4 bytes on disk (7.4 GB for Wikitext-2 train on GPT-2 small), so it is opt-in.
-    Ignored with the `tied` head."""
+    """With head `untied` or `frozen`, or method lora (its prefix: the blocks below `lora.adapted_blocks`), compute
+    the frozen embedding + blocks once and train the tail on their cached output (frozen blocks run without dropout
+    either way, pipeline/training/trainee.py). Same loss as uncached; costs tokens x n_embd x 4 bytes on disk (7.4 GB
+    for Wikitext-2 train on GPT-2 small), so it is opt-in. Ignored with the `tied` head."""
     deterministic: bool = True
     """`torch.use_deterministic_algorithms`, and on a GPU the cuBLAS workspace it needs (trainer_setup.py): reruns
     on the same machine and thread count give bitwise-identical weights; docs/performance.md gives its measured
@@ -171,14 +216,28 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class SamplesParams:
+    prompts: list[str] = dataclasses.field(
+        default_factory=lambda: ["The river", "In the early years of the war ,", "The album was released"]
+    )
+    """Fixed prompts the evaluate stage continues with the base and the fine-tuned model, side by side; Wikitext's
+    spacing (" ,") so the prompts look like the text the model was tuned on."""
+    max_new_tokens: int = 30
+    """Tokens generated per prompt, greedily (no sampling: reruns write the same file); a sentence or two."""
+
+
+@dataclass(frozen=True)
 class Params:
     mlflow: TrackingParams
     data: DataParams
     model: ModelParams
     tokenize: TokenizeParams
+    finetune: FinetuneParams
     freeze: FreezeParams
+    lora: LoraParams
     train: TrainParams
     evaluate: EvaluateParams
+    samples: SamplesParams
 
     @classmethod
     def defaults(cls) -> Params:
@@ -283,7 +342,10 @@ def model_issues(params: Params, config: Any) -> list[str]:
             f"evaluate.context: {params.evaluate.context} exceeds the model's n_positions ({config.n_positions}); "
             "positions past it have no embedding"
         )
-    if params.freeze.trainable_blocks > config.n_layer:
+    adapted = params.lora.adapted_blocks
+    if params.finetune.method == "lora" and adapted is not None and adapted > config.n_layer:
+        issues.append(f"lora.adapted_blocks: {adapted} exceeds the model's n_layer ({config.n_layer})")
+    if params.finetune.method == "freeze" and params.freeze.trainable_blocks > config.n_layer:
         issues.append(
             f"freeze.trainable_blocks: {params.freeze.trainable_blocks} exceeds the model's n_layer ({config.n_layer})"
         )
@@ -358,6 +420,7 @@ def _range_issues(params: Params) -> list[str]:
         "train.max_grad_norm": params.train.max_grad_norm,
         "train.keep_checkpoints": params.train.keep_checkpoints,
         "evaluate.batch_size": params.evaluate.batch_size,
+        "samples.max_new_tokens": params.samples.max_new_tokens,
         "evaluate.context": params.evaluate.context,
         "evaluate.stride": params.evaluate.stride,
     }
@@ -379,6 +442,10 @@ def _range_issues(params: Params) -> list[str]:
         "train.weight_decay": params.train.weight_decay,
     }
     issues += [f"{key}: must be >= 0, got {value}" for key, value in non_negative.items() if value < 0]
+    if not all(prompt.strip() for prompt in params.samples.prompts):
+        issues.append("samples.prompts: every prompt must hold some text (an empty one has nothing to continue)")
+    if params.mlflow.registered_model is not None and not params.mlflow.log_model:
+        issues.append("mlflow.registered_model needs mlflow.log_model: true (a version is made from the logged model)")
     if params.evaluate.stride > params.evaluate.context:
         issues.append(
             f"evaluate.stride: {params.evaluate.stride} exceeds evaluate.context ({params.evaluate.context}); "
@@ -386,13 +453,28 @@ def _range_issues(params: Params) -> list[str]:
         )
     if params.train.early_stopping_patience is not None and params.train.eval_steps is None:
         issues.append("train.early_stopping_patience: needs train.eval_steps (validation points to stop on)")
-    freeze = params.freeze
-    if freeze.trainable_blocks == 0 and freeze.head == "frozen" and not freeze.train_ln_f:
+    freeze = params.freeze  # what it trains matters under method freeze only; with lora it is not read
+    trains_nothing = freeze.trainable_blocks == 0 and freeze.head == "frozen" and not freeze.train_ln_f
+    if params.finetune.method == "freeze" and trains_nothing:
         issues.append(
             "freeze: trainable_blocks 0, head frozen and train_ln_f false train nothing; let at least one of them "
             "train (trainable_blocks >= 1, head tied or untied, or train_ln_f true)"
         )
-    return issues + _data_source_issues(params.data)
+    return issues + _lora_issues(params.lora) + _data_source_issues(params.data)
+
+
+def _lora_issues(lora: LoraParams) -> list[str]:
+    """Checked whatever the method, as the freeze section is: a section params.yaml holds is valid or refused."""
+    issues = [f"lora.{key}: must be > 0, got {value}" for key, value in (("rank", lora.rank), ("alpha", lora.alpha))
+              if value <= 0]  # fmt: skip
+    if not 0 <= lora.dropout < 1:
+        issues.append(f"lora.dropout: must be in [0, 1), got {lora.dropout}")
+    if not lora.target_modules or len(set(lora.target_modules)) != len(lora.target_modules):
+        issues.append(f"lora.target_modules: one or more of {', '.join(LORA_TARGETS)}, each once; got "
+                      f"{lora.target_modules}")  # fmt: skip
+    if lora.adapted_blocks is not None and lora.adapted_blocks <= 0:
+        issues.append(f"lora.adapted_blocks: must be > 0 or null (every block), got {lora.adapted_blocks}")
+    return issues
 
 
 def _data_source_issues(data: DataParams) -> list[str]:

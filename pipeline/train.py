@@ -1,9 +1,10 @@
-"""Stage 3, train: fine-tune the pretrained model with the freeze policy, on packed blocks, with the HF Trainer.
+"""Stage 3, train: fine-tune the pretrained model (freeze policy or LoRA) on packed blocks with the HF Trainer.
 
-Writes the fine-tuned model (safetensors, config, tokenizer), the training curve for `dvc plots`, and the
-parameter accounting; logs all of it to MLflow. Checkpoints go to `--checkpoints` (see
-pipeline/training/checkpoints.py): a rerun after a crash, a kill -9 or a SIGINT/SIGTERM resumes from the newest
-complete one of the same configuration and ends with the outputs an unbroken run would have written.
+Writes the fine-tuned model (safetensors, config, tokenizer; a plain GPT-2 either way: LoRA's adapters are merged
+into it), the training curve for `dvc plots`, and the parameter accounting; logs all of it to MLflow. Checkpoints go
+to `--checkpoints` (see pipeline/training/checkpoints.py): a rerun after a crash, a kill -9 or a SIGINT/SIGTERM
+resumes from the newest complete one of the same configuration and ends with the outputs an unbroken run would have
+written.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pipeline.data.loading import load_config, load_model, load_tokenizer
 from pipeline.errors import UserError
 from pipeline.params import Params, load_params
 from pipeline.tracking.cli import exit_on_user_error
+from pipeline.tracking.models import describe, log_finetuned_model
 from pipeline.tracking.runs import StageRun, stage_run
 from pipeline.tracking.signals import deferred_signals
 from pipeline.training.assembly import build_trainer, caches_prefix, prepare_model
@@ -34,7 +36,7 @@ from pipeline.training.validation import ValidationCallback, load_best_weights, 
 
 log = logging.getLogger(__name__)
 
-PARAMS = {"train": ("model.name_or_path", "tokenize.block_size", "freeze", "train")}
+PARAMS = {"train": ("model.name_or_path", "tokenize.block_size", "finetune", "freeze", "lora", "train")}
 """The params.yaml keys each DVC stage this module runs reads (dvc.yaml lists the same; a test holds them equal)."""
 
 
@@ -138,6 +140,20 @@ def choose_precision(params: Params, run: StageRun) -> bool:
     return use_bf16
 
 
+def method_tags(params: Params, prefix_cached: bool) -> dict[str, str]:
+    """MLflow tags naming how the run fine-tunes; the head mode only where the freeze section is read."""
+    tags = {"finetune.method": params.finetune.method, "train.frozen_prefix_cached": str(prefix_cached).lower()}
+    if params.finetune.method == "freeze":
+        tags["freeze.head_mode"] = params.freeze.head
+    return tags
+
+
+def method_summary(params: Params) -> str:
+    if params.finetune.method == "lora":
+        return f"LoRA rank {params.lora.rank}, head frozen"
+    return f"{params.freeze.head} head"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error():
         params = load_params(args.params, load_model_config=load_config)
-        with stage_run("train", params, PARAMS["train"], inputs=[args.tokenized]) as run:
+        with stage_run("train", params, PARAMS["train"], inputs=[args.tokenized], system_metrics=True) as run:
             set_seed(params.train.seed)
             splits = read_splits(args.tokenized, ("train", "validation") if params.train.eval_steps else ("train",))
             blocks = splits["train"]
@@ -164,13 +180,12 @@ def main(argv: list[str] | None = None) -> None:
             model = load_model(params.model.name_or_path)
             check_vocabulary(model, tokenizer, blocks)
             base_model = base_model_identity(params.model.name_or_path, model.config)
-            layout = prepare_model(model, params)
+            prepared = prepare_model(model, params)
             counts = count_parameters(model)
-            log.info("parameters:\n%s", format_parameter_table(counts, params.freeze.head))
+            log.info("parameters:\n%s", format_parameter_table(counts, prepared.description))
             run.log_metrics(counts.as_metrics())
             run.log_group_metrics(counts.as_metrics())
-            cached = str(caches_prefix(params, layout)).lower()
-            run.set_tags({"freeze.head_mode": params.freeze.head, "train.frozen_prefix_cached": cached})
+            run.set_tags(method_tags(params, caches_prefix(params, prepared.layout)))
             use_bf16 = choose_precision(params, run)
             validation_split = split_path(args.tokenized, "validation") if validation is not None else None
             key = checkpoint_key(
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
                 prefix_cache = shared_path(args.prefix_cache)
                 step_log, throughput = train(params, model, blocks, run, store, use_bf16, prefix_cache, validation)
                 with atomic_dir(args.out) as staging:
-                    model.save_pretrained(staging)
+                    prepared.model_to_save().save_pretrained(staging)
                     tokenizer.save_pretrained(staging)
                 write_curve(args.curve, step_log.curve(params.train.logging_steps))
                 write_curve(args.validation_curve, [{"step": s, "validation_loss": v} for s, v in step_log.validation])
@@ -191,8 +206,10 @@ def main(argv: list[str] | None = None) -> None:
                 write_json(args.metrics, {**summary, "parameters": counts.as_json()})
                 run.log_metrics(summary | {"peak_memory_gib": peak_memory_gib()})  # a measurement: MLflow only
                 store.discard()  # the outputs are complete: nothing is left to resume
+            run.describe(describe(params.freeze.head, counts.trainable, counts.total))
+            log_finetuned_model(run, args.out, params)
         print(
-            f"trainable {counts.trainable:,} of {counts.total:,} parameters ({params.freeze.head} head); "
+            f"trainable {counts.trainable:,} of {counts.total:,} parameters ({method_summary(params)}); "
             f"train loss {summary['train_loss']:.4f} after {summary['steps']} steps; model saved to {args.out}"
         )
 

@@ -86,8 +86,10 @@ def stage_command(dvc_yaml: Path, stage: str) -> str:
 
 
 class PipelineRepo:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tracking_uri: str | None = None) -> None:
         self.root = root
+        self.tracking_uri = tracking_uri
+        """MLFLOW_TRACKING_URI for the commands run here (a tracking server); None: the copy's own mlruns/."""
 
     @property
     def params(self) -> dict:
@@ -106,7 +108,9 @@ class PipelineRepo:
 
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {**os.environ, **GIT_IDENTITY}
-        env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own mlruns/, resolved from its root
+        env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own mlruns/, resolved from its root, unless told
+        if self.tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = self.tracking_uri
         result = subprocess.run(command, cwd=self.root, env=env, capture_output=True, text=True, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")

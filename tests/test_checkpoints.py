@@ -73,6 +73,17 @@ def test_key_follows_what_training_computes_and_nothing_else(params, train_split
     assert len(set(keys)) == len(keys)
 
 
+def test_lora_params_key_lora_runs_only(params, train_split):
+    """Method freeze's key ignores the lora section (keys from before LoRA existed still resume); lora's follows it."""
+    key = checkpoint_key(params, train_split, "model-md5", "False")
+    other_rank = dataclasses.replace(params, lora=dataclasses.replace(params.lora, rank=16))
+    assert checkpoint_key(other_rank, train_split, "model-md5", "False") == key
+    lora = dataclasses.replace(params, finetune=dataclasses.replace(params.finetune, method="lora"))
+    lora_keys = {checkpoint_key(p, train_split, "model-md5", "False") for p in (lora, dataclasses.replace(
+        lora, lora=dataclasses.replace(lora.lora, rank=16)))}  # fmt: skip
+    assert len(lora_keys) == 2 and key not in lora_keys
+
+
 def test_commit_moves_a_sealed_checkpoint_into_place_and_prunes(tmp_path):
     store = CheckpointStore(tmp_path / "checkpoints", "k1", keep=2)
     with store.claimed():

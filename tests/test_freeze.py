@@ -3,7 +3,12 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from pipeline.params import FreezeParams
-from pipeline.training.freeze import apply_freeze_policy, count_parameters, format_parameter_table
+from pipeline.training.freeze import (
+    apply_freeze_policy,
+    count_parameters,
+    format_parameter_table,
+    head_mode_description,
+)
 
 # Worked out by hand for the tiny config (n_embd=32, n_layer=2, vocab 100, n_positions 64):
 # block = ln_1 2*32 + c_attn 32*96+96 + attn c_proj 32*32+32 + ln_2 2*32 + c_fc 32*128+128 + mlp c_proj 128*32+32
@@ -115,7 +120,7 @@ def test_untied_head_trains_apart_from_the_input_embedding(tiny_config, tmp_path
 def test_table_names_every_module_and_explains_the_head_mode(tiny_config):
     model = tiny_model(tiny_config)
     apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=False, head="tied"))
-    table = format_parameter_table(count_parameters(model), "tied")
+    table = format_parameter_table(count_parameters(model), head_mode_description("tied"))
     for name in ("wte", "wpe", "h.0", "h.1", "ln_f", "lm_head", "total"):
         assert name in table
     assert "trainable 15,904 of 30,720 (51.77%)" in table

@@ -182,3 +182,55 @@ def test_a_profile_with_unknown_keys_or_wrong_types_is_refused_with_every_proble
     assert "has 3 problem(s)" in message
     assert "train.learnin_rate: unknown key" in message and "train.batch_size: expected int, got '8'" in message
     assert "nope: not a section of params.yaml" in message
+
+
+def test_method_defaults_to_freeze_and_lora_to_every_matrix_of_every_block():
+    params = load_params(REPO_PARAMS)
+    assert params.finetune.method == "freeze"
+    lora = params.lora
+    assert (lora.rank, lora.alpha, lora.dropout, lora.adapted_blocks) == (8, 16.0, 0.1, None)
+    assert lora.target_modules == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+
+
+def test_bad_lora_params_are_refused_at_once_each_named(tmp_path):
+    bad = {
+        "finetune.method": "lora", "lora.rank": 0, "lora.alpha": -1.0, "lora.dropout": 1.0,
+        "lora.target_modules": ["attn.c_attn", "attn.c_attn"], "lora.adapted_blocks": 0,
+    }  # fmt: skip
+    message = problems(write_params(tmp_path, bad))
+    assert "5 problem(s)" in message
+    assert "lora.rank: must be > 0, got 0" in message
+    assert "lora.alpha: must be > 0, got -1.0" in message
+    assert "lora.dropout: must be in [0, 1), got 1.0" in message
+    assert "lora.target_modules: one or more of attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, each once" in message
+    assert "lora.adapted_blocks: must be > 0 or null (every block), got 0" in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"finetune.method": "adapters"}, "finetune.method: expected one of 'freeze', 'lora', got 'adapters'"),
+        ({"lora.target_modules": ["c_proj"]}, "lora.target_modules: expected a list of one of 'attn.c_attn'"),
+        ({"lora.target_modules": []}, "lora.target_modules: one or more of"),
+        ({"lora.rank": 4.0}, "lora.rank: expected int, got 4.0"),
+        ({"lora.lr": 1.0}, "lora.lr: unknown key"),
+    ],
+)
+def test_lora_types_and_names_are_checked(tmp_path, overrides, expected):
+    assert expected in problems(write_params(tmp_path, overrides))
+
+
+def test_under_lora_the_freeze_section_is_not_read_so_it_cannot_conflict(tmp_path, tiny_config):
+    """A freeze policy that trains nothing, or more blocks than the model has, is refused under method freeze and
+    no error under lora (its rule: every pretrained weight stays frozen, whatever the freeze section says); there
+    the lora section's own depth is checked against the model instead."""
+    fits_tiny = {"tokenize.block_size": 64, "evaluate.context": 64, "evaluate.stride": 64}
+    model_config = {"load_model_config": lambda name: tiny_config}
+    trains_nothing = {"freeze.trainable_blocks": 0, "freeze.head": "frozen", "freeze.train_ln_f": False}
+    too_deep = {"freeze.trainable_blocks": 3}
+    for freeze, refusal in ((trains_nothing, "train nothing"), (too_deep, "trainable_blocks: 3 exceeds")):
+        assert refusal in problems(write_params(tmp_path, {**fits_tiny, **freeze}), **model_config)
+        lora = write_params(tmp_path, {**fits_tiny, **freeze, "finetune.method": "lora"})
+        assert load_params(lora, **model_config).finetune.method == "lora"
+    path = write_params(tmp_path, {**fits_tiny, "finetune.method": "lora", "lora.adapted_blocks": 3})
+    assert "lora.adapted_blocks: 3 exceeds the model's n_layer (2)" in problems(path, **model_config)

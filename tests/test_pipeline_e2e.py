@@ -7,8 +7,10 @@ import sys
 import pytest
 import yaml
 from mlflow import MlflowClient
+from transformers import GPT2LMHeadModel
 
 from pipeline.tracking.hashing import dvc_md5
+from pipeline.training.freeze import count_parameters
 
 STAGES = {"prepare", "tokenize", "train", "evaluate_base", "evaluate"}
 
@@ -136,3 +138,26 @@ def test_changing_the_eval_protocol_reruns_only_evaluation_and_disjoint_windows_
     for model in ("base", "finetuned"):
         assert sliding[model]["validation"]["loss"] < disjoint[model]["validation"]["loss"]
         assert sliding[model]["validation"]["tokens"] == disjoint[model]["validation"]["tokens"]
+
+
+def test_method_lora_reruns_train_and_evaluate_and_saves_a_plain_gpt2_that_gains(first_run):
+    repo, _ = first_run
+    repo.set_params({"finetune.method": "lora", "lora.rank": 4})
+    assert ran_stages(repo.dvc("repro")) == {"train", "evaluate"}
+    counts = repo.metrics("train")["parameters"]
+    # The tiny GPT-2 (n_embd 64, 4 blocks): rank 4 on all four matrices adds 4 x 16 x 64 per block.
+    assert counts["trainable"] == 4 * 4 * 16 * 64
+    base = GPT2LMHeadModel.from_pretrained(repo.root / repo.params["model"]["name_or_path"], use_safetensors=True)
+    finetuned = GPT2LMHeadModel.from_pretrained(repo.root / "models/finetuned", use_safetensors=True)
+    assert counts["frozen"] == count_parameters(base).total == count_parameters(finetuned).total
+    assert finetuned.state_dict().keys() == base.state_dict().keys()  # merged: no adapter left
+    report = repo.metrics("eval")
+    assert report["finetuned"]["validation"]["loss"] < report["base"]["validation"]["loss"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo.root}/mlruns/mlflow.db")
+    runs = client.search_runs(
+        [client.get_experiment_by_name(repo.params["mlflow"]["experiment"]).experiment_id],
+        filter_string="attributes.run_name = 'train'", order_by=["attributes.start_time DESC"], max_results=1,
+    )  # fmt: skip
+    assert runs[0].data.tags["finetune.method"] == "lora" and "freeze.head_mode" not in runs[0].data.tags
+    assert runs[0].data.params["lora.rank"] == "4"
+    assert runs[0].data.metrics["params.trainable"] == counts["trainable"]

@@ -5,12 +5,15 @@ pipeline execution, and the redaction that keeps the home folder and secrets out
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import hashlib
 import json
 import logging
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +33,7 @@ _TEMPLATE_VAR = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
 _INVALID_KEY_CHARS = re.compile(r"[^\w\-. :/]")
 # Environment variables whose values are credentials wherever they appear (HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...).
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_KEY", re.IGNORECASE)
+INPUT_TAG_PREFIX = "input."
 # Shorter values (a "1", a "true") would blank unrelated words.
 _MIN_SECRET_CHARS = 8
 
@@ -58,8 +62,22 @@ def lineage_tags(root: Path, params: Params, stage: str) -> dict[str, str]:
     }
     if commit:  # MLflow's UI links this standard tag to the commit; "unknown" would be a broken link
         tags["mlflow.source.git.commit"] = commit
+    tags |= _source_tags(root)
     if exp_name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = exp_name
+    return tags
+
+
+def _source_tags(root: Path) -> dict[str, str]:
+    """MLflow's standard source tags (the UI's Source and User columns), which the client API, unlike the fluent
+    one, does not set: the entry point, as a repo-relative path or a module name."""
+    entry = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    source = entry.relative_to(root).as_posix() if entry and entry.is_relative_to(root) else Path(sys.argv[0]).name
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": source or "python"}
+    if branch := git(root, "rev-parse", "--abbrev-ref", "HEAD"):
+        tags["mlflow.source.git.branch"] = branch
+    with contextlib.suppress(KeyError, OSError):  # no passwd entry for the uid (some containers)
+        tags["mlflow.user"] = getpass.getuser()
     return tags
 
 
@@ -110,7 +128,7 @@ def input_tags(root: Path, inputs: Sequence[Path]) -> dict[str, str]:
         absolute = path.resolve()
         relatives = [absolute.relative_to(base) for base in bases if absolute.is_relative_to(base)]
         name = min(relatives, key=lambda relative: len(relative.parts)).as_posix() if relatives else path.name
-        tags[f"input.{_INVALID_KEY_CHARS.sub('_', name)}"] = dvc_md5(path)
+        tags[f"{INPUT_TAG_PREFIX}{_INVALID_KEY_CHARS.sub('_', name)}"] = dvc_md5(path)
     return tags
 
 

@@ -25,15 +25,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from filelock import FileLock
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import UserError
 from pipeline.params import Params
-from pipeline.tracking.lineage import git, group_key, input_tags, lineage_tags, redact
+from pipeline.tracking.lineage import INPUT_TAG_PREFIX, git, group_key, input_tags, lineage_tags, redact
 from pipeline.tracking.stale_runs import fail_stale_runs, process_tags
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 GROUP_KEY_TAG = "pipeline.group_key"
+NOTE_TAG = "mlflow.note.content"
+# One sample every 5 s: the offline profile trains for tens of seconds, GPT-2 small for minutes to hours.
+SYSTEM_METRICS_INTERVAL_S = 5
 ERROR_TAG_CHARS = 500
 # How long a stage waits for another process creating the store (its migrations take seconds).
 STORE_LOCK_TIMEOUT_S = 120
@@ -91,6 +95,11 @@ class StageRun:
         """On the stage's run."""
         self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
+    def describe(self, text: str, *, group: bool = False) -> None:
+        """The run's description (the UI's Description box and runs-table tooltip); `group`: the group run's too."""
+        for run_id in (self.run_id, self.group_run_id) if group else (self.run_id,):
+            self.client.set_tag(run_id, NOTE_TAG, text)
+
 
 @contextmanager
 def stage_run(
@@ -100,25 +109,48 @@ def stage_run(
     inputs: Sequence[Path] = (),
     *,
     closes_group: bool = False,
+    system_metrics: bool = False,
 ) -> Iterator[StageRun]:
     """Track one stage as a child run of its pipeline execution's group run (see the module docstring).
 
     Logs the params `reads` names (sections or dotted keys, as in dvc.yaml), lineage tags, one `input.<path>` tag
-    per input (its dvc.lock md5) and `duration_s`. Any exception ends the stage run and the group run FAILED
-    (KILLED for Ctrl-C or a non-zero `sys.exit`), with an `error` tag, and propagates.
+    per input (its dvc.lock md5), the same inputs as MLflow datasets (md5 as digest) and `duration_s`; with
+    `system_metrics`, MLflow's CPU, memory (and GPU) samples while the stage runs. Any exception ends the stage run
+    and the group run FAILED (KILLED for Ctrl-C or a non-zero `sys.exit`), with an `error` tag, and propagates.
     """
     run = _open_runs(stage, params, reads, inputs)
     started = time.perf_counter()
+    monitor = _start_system_metrics(run) if system_metrics else None
     try:
         yield run
     except BaseException as error:
+        _stop_system_metrics(monitor)
         status = _abnormal_status(error)
         if status is None:  # sys.exit(0) inside a stage is a success
             _finish(run, started, closes_group)
         else:
             _abort(run, started, status, error)
         raise
+    _stop_system_metrics(monitor)
     _finish(run, started, closes_group)
+
+
+def _start_system_metrics(run: StageRun):
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=run.client.tracking_uri
+    )
+    monitor.start()  # a thread that only reads psutil/NVML counters: the stage's computation is untouched
+    return monitor
+
+
+def _stop_system_metrics(monitor) -> None:
+    if monitor is not None:
+        try:
+            monitor.finish()
+        except Exception:
+            logger.exception("Could not stop MLflow's system metrics monitor")
 
 
 def _open_runs(stage: str, params: Params, reads: Sequence[str], inputs: Sequence[Path]) -> StageRun:
@@ -133,8 +165,28 @@ def _open_runs(stage: str, params: Params, reads: Sequence[str], inputs: Sequenc
     run_id = client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id
     read = {key: value for key, value in params.flat().items() if any(_names(name, key) for name in reads)}
     _log_params(client, run_id, read)
+    _log_datasets(client, run_id, stage, inputs_hashed)
     logger.info("MLflow run %s (stage %s) in group %s at %s", run_id, stage, group_run_id, tracking_uri(root))
     return StageRun(client, run_id, group_run_id)
+
+
+def _log_datasets(client: MlflowClient, run_id: str, stage: str, inputs_hashed: Mapping[str, str]) -> None:
+    """Each input as an MLflow dataset input (the runs table's Dataset column): its path, and its DVC md5 as the
+    digest, so two runs read the same data exactly when their digests agree."""
+    datasets = [
+        DatasetInput(
+            Dataset(
+                name=key.removeprefix(INPUT_TAG_PREFIX),
+                digest=md5,
+                source_type="local",
+                source=key.removeprefix(INPUT_TAG_PREFIX),
+            ),
+            tags=[InputTag("mlflow.data.context", stage)],
+        )
+        for key, md5 in inputs_hashed.items()
+    ]
+    if datasets:
+        client.log_inputs(run_id, datasets=datasets)
 
 
 def _names(name: str, key: str) -> bool:
@@ -170,15 +222,12 @@ def _open_sqlite_store(client: MlflowClient, database: Path) -> None:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, root: Path) -> str:
-    """The id of experiment `name`, created (with artifacts under <root>/mlruns/artifacts) when missing."""
+    """The id of experiment `name`, created when missing (artifact location: `_artifact_location`)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        # Explicit, because MLflow's default artifact root for a SQLite store is `./mlruns` under the cwd, which
-        # is a temporary copy of the repo under `dvc exp run --temp`.
-        artifacts = (root / "mlruns" / "artifacts").as_uri()
         try:
             return client.create_experiment(
-                name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                name, artifact_location=_artifact_location(client, root), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
             )
         except MlflowException:
             # A parallel worker may have created it since the lookup; anything else is still an error.
@@ -193,6 +242,16 @@ def get_or_create_experiment(client: MlflowClient, name: str, root: Path) -> str
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+def _artifact_location(client: MlflowClient, root: Path) -> str | None:
+    """Where a new experiment keeps its artifacts: the repo's `mlruns/artifacts` for a store the client opens
+    itself, because MLflow's default there is `./mlruns` under the cwd, a temporary copy of the repo under
+    `dvc exp run --temp`; None for a tracking server, which then chooses (with `--serve-artifacts`, its own
+    `--artifacts-destination`, so every client's artifacts land in one place rather than on its own disk)."""
+    if urlparse(client.tracking_uri).scheme in ("http", "https"):
+        return None
+    return (root / "mlruns" / "artifacts").as_uri()
 
 
 def _group_run_id(client: MlflowClient, experiment_id: str, params: Params, lineage: dict[str, str], key: str) -> str:

@@ -1,19 +1,23 @@
 """The one assembly of the HF Trainer, shared by the train stage and the benchmarks, so what a benchmark measures is
-what `dvc repro` runs: the freeze policy and attention kernel on the model, deterministic kernels, the trainee
-(the whole model, or its tail on cached frozen-prefix outputs), its dataset and collator, and TrainingArguments.
-Checkpoints, MLflow and signals stay with the stage (pipeline/train.py), which hands in its callbacks.
+what `dvc repro` runs: the fine-tuning method (freeze policy or LoRA adapters) and attention kernel on the model,
+deterministic kernels, the trainee (the whole model, or its tail on cached frozen-prefix outputs), its dataset and
+collator, and TrainingArguments. Checkpoints, MLflow and signals stay with the stage (pipeline/train.py), which
+hands in its callbacks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
+from peft import LoraModel
 from transformers import GPT2LMHeadModel, TrainerCallback
 
 from pipeline.params import Params
-from pipeline.training.freeze import FrozenLayout, apply_freeze_policy
+from pipeline.training.freeze import FrozenLayout, apply_freeze_policy, head_mode_description
+from pipeline.training.lora import add_adapters, describe_adapters
 from pipeline.training.prefix_cache import tail_training
 from pipeline.training.resumable import RecordingTrainer, StepLog
 from pipeline.training.trainee import WholeModelTrainee
@@ -26,15 +30,38 @@ from pipeline.training.trainer_setup import (
 )
 
 
-def prepare_model(model: GPT2LMHeadModel, params: Params) -> FrozenLayout:
-    """Apply the freeze policy and the training attention kernel to `model`, in place; return what froze."""
-    apply_freeze_policy(model, params.freeze)
+@dataclass(frozen=True)
+class PreparedModel:
+    """What `prepare_model` made of a model, which then trains in place."""
+
+    model: GPT2LMHeadModel
+    layout: FrozenLayout
+    adapters: LoraModel | None
+    """PEFT's tuner around `model` with method lora; None with method freeze."""
+    description: str
+    """What trains and what stays frozen, in words, for the parameter table."""
+
+    def model_to_save(self) -> GPT2LMHeadModel:
+        """The fine-tuned model as users load it: with method lora, the adapters merged into the weights they adapt
+        and removed (PEFT's `merge_and_unload`, which changes `model` in place), so it is a plain GPT-2."""
+        return self.model if self.adapters is None else self.adapters.merge_and_unload()
+
+
+def prepare_model(model: GPT2LMHeadModel, params: Params) -> PreparedModel:
+    """Apply the fine-tuning method (`finetune.method`) and the training attention kernel to `model`, in place."""
+    adapters = None
+    if params.finetune.method == "lora":  # the freeze section is not read: every pretrained weight stays frozen
+        adapters = add_adapters(model, params.lora)
+        description = describe_adapters(params.lora, model.config.n_layer)
+    else:
+        apply_freeze_policy(model, params.freeze)
+        description = head_mode_description(params.freeze.head)
     use_attention(model, params)
-    return FrozenLayout.of(model)
+    return PreparedModel(model, FrozenLayout.of(model), adapters, description)
 
 
 def caches_prefix(params: Params, layout: FrozenLayout) -> bool:
-    """`train.cache_frozen_prefix`, where the policy leaves a prefix to cache (not with the `tied` head)."""
+    """`train.cache_frozen_prefix`, where the method leaves a prefix to cache (not with the `tied` head)."""
     return params.train.cache_frozen_prefix and layout.prefix_is_frozen
 
 

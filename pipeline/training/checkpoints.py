@@ -1,9 +1,10 @@
 """Train's checkpoints: where they live, how one becomes complete, and which one a rerun resumes from.
 
 Layout: `<checkpoints>/<key>/checkpoint-<step>/`. The key hashes everything that decides what training computes
-(the train and freeze params, block size, the tokenized train split, the base model, the precision, the torch
-and transformers versions), so a rerun never resumes from another configuration's state. The folder is not a DVC
-output: DVC deletes a stage's outputs before running it, which would delete the very checkpoints a rerun needs.
+(the train params, the fine-tuning method's params, block size, the tokenized train split, the base model, the
+precision, the torch and transformers versions), so a rerun never resumes from another configuration's state. The
+folder is not a DVC output: DVC deletes a stage's outputs before running it, which would delete the very checkpoints
+a rerun needs.
 
 The Trainer writes a checkpoint file by file into its output folder, so that folder is `<key>/staging/`; `commit`
 then records each file's size and sha256 in `complete.json`, flushes everything to disk and renames the folder into
@@ -65,6 +66,8 @@ def checkpoint_key(
         "precision": precision,
         "versions": [torch.__version__, transformers.__version__],
     }
+    if params.finetune.method == "lora":  # only then: method freeze's keys stay those of before LoRA existed
+        identity["lora"] = dataclasses.asdict(params.lora)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

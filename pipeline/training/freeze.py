@@ -123,7 +123,9 @@ class ParameterCounts:
 
 
 def count_parameters(model: GPT2LMHeadModel) -> ParameterCounts:
-    """Count every tensor once, whatever ties it: a tied lm_head adds nothing to `wte`'s count."""
+    """Count every tensor once, whatever ties it: a tied lm_head adds nothing to `wte`'s count. LoRA adapters
+    (pipeline/training/lora.py) count in the block they sit in, so while they train the total is the pretrained
+    count plus theirs, as PEFT's `get_nb_trainable_parameters` counts it."""
     transformer = model.transformer
     groups = [("wte", transformer.wte), ("wpe", transformer.wpe)]
     groups += [(f"h.{index}", block) for index, block in enumerate(transformer.h)]
@@ -141,13 +143,19 @@ def count_parameters(model: GPT2LMHeadModel) -> ParameterCounts:
     return ParameterCounts(total, sum(m.trainable for m in modules), tuple(modules))
 
 
-def format_parameter_table(counts: ParameterCounts, head_mode: str) -> str:
-    """A human-readable table; tied lm_head shows 0 because its tensor is counted under wte."""
+def head_mode_description(head_mode: str) -> str:
+    """What trains besides the blocks under method freeze, in words, for the parameter table."""
+    return f"head mode {head_mode}: {HEAD_MODE_EXPLANATIONS[head_mode]}"
+
+
+def format_parameter_table(counts: ParameterCounts, description: str) -> str:
+    """A human-readable table ending with `description` (what the method trains); tied lm_head shows 0 because its
+    tensor is counted under wte."""
     rows = [f"{'module':<10} {'params':>13} {'trainable':>13}"]
     rows += [f"{m.name:<10} {m.total:>13,} {m.trainable:>13,}" for m in counts.modules]
     rows.append(f"{'total':<10} {counts.total:>13,} {counts.trainable:>13,}")
     rows.append(
         f"trainable {counts.trainable:,} of {counts.total:,} ({counts.trainable_percent:.2f}%), "
-        f"frozen {counts.frozen:,}; head mode {head_mode}: {HEAD_MODE_EXPLANATIONS[head_mode]}"
+        f"frozen {counts.frozen:,}; {description}"
     )
     return "\n".join(rows)
