@@ -91,11 +91,12 @@ class TokenizeParams:
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    method: Literal["freeze", "lora"] = "freeze"
+    method: Literal["freeze", "lora", "full"] = "freeze"
     """`freeze` (the original script's method) trains the parts of GPT-2 the `freeze` section names; `lora` keeps
     the whole pretrained model frozen, head and tied embedding included, and trains low-rank adapters (the `lora`
-    section), merged into the weights they adapt for the saved model. With `lora` the `freeze` section is not read:
-    every pretrained weight stays frozen, whatever it says."""
+    section), merged into the weights they adapt for the saved model; `full` trains every parameter, the position
+    embedding too (the reference point a freezing study measures against). With `lora` or `full` the `freeze`
+    section is not read."""
 
 
 @dataclass(frozen=True)

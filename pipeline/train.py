@@ -24,7 +24,7 @@ from pipeline.data.loading import load_config, load_model, load_tokenizer
 from pipeline.errors import UserError
 from pipeline.params import Params, load_params
 from pipeline.tracking.cli import exit_on_user_error
-from pipeline.tracking.models import describe, log_finetuned_model
+from pipeline.tracking.models import describe, log_finetuned_model, method_summary
 from pipeline.tracking.runs import StageRun, stage_run
 from pipeline.tracking.signals import deferred_signals
 from pipeline.training.assembly import build_trainer, caches_prefix, prepare_model
@@ -148,12 +148,6 @@ def method_tags(params: Params, prefix_cached: bool) -> dict[str, str]:
     return tags
 
 
-def method_summary(params: Params) -> str:
-    if params.finetune.method == "lora":
-        return f"LoRA rank {params.lora.rank}, head frozen"
-    return f"{params.freeze.head} head"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -206,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                 write_json(args.metrics, {**summary, "parameters": counts.as_json()})
                 run.log_metrics(summary | {"peak_memory_gib": peak_memory_gib()})  # a measurement: MLflow only
                 store.discard()  # the outputs are complete: nothing is left to resume
-            run.describe(describe(params.freeze.head, counts.trainable, counts.total))
+            run.describe(describe(method_summary(params), counts.trainable, counts.total))
             log_finetuned_model(run, args.out, params)
         print(
             f"trainable {counts.trainable:,} of {counts.total:,} parameters ({method_summary(params)}); "

@@ -125,3 +125,20 @@ def test_table_names_every_module_and_explains_the_head_mode(tiny_config):
         assert name in table
     assert "trainable 15,904 of 30,720 (51.77%)" in table
     assert "gradients flow back through every frozen block" in table
+
+
+def test_method_full_trains_every_parameter_and_the_freeze_section_is_not_read(tiny_config):
+    import dataclasses
+
+    from pipeline.params import Params
+    from pipeline.training.assembly import prepare_model
+
+    defaults = Params.defaults()
+    params = dataclasses.replace(defaults, finetune=dataclasses.replace(defaults.finetune, method="full"),
+                                 freeze=FreezeParams(trainable_blocks=0, head="frozen"))  # fmt: skip
+    model = tiny_model(tiny_config)
+    prepared = prepare_model(model, params)
+    counts = count_parameters(model)
+    assert counts.trainable == counts.total == TINY_TOTAL
+    assert prepared.layout.head_tied and prepared.layout.embedding_trains and not prepared.layout.prefix_is_frozen
+    assert model.transformer.wpe.weight.requires_grad

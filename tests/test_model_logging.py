@@ -5,7 +5,7 @@ import mlflow
 import pytest
 
 from pipeline.tracking.hashing import dvc_md5
-from pipeline.tracking.models import log_finetuned_model, record_evaluation
+from pipeline.tracking.models import log_finetuned_model, method_summary, record_evaluation
 from pipeline.tracking.runs import stage_run
 
 pytestmark = pytest.mark.usefixtures("tracking_env")
@@ -53,7 +53,7 @@ def test_evaluation_describes_the_runs_scores_the_model_and_registers_a_version(
     with stage_run("evaluate", params, ("evaluate",)) as evaluate:
         record_evaluation(evaluate, tiny_model_dir, params, _report(20.0, 40.0), {"trainable": 25, "total": 100})
 
-    note = "head tied, 25.0% trainable (25 of 100 parameters); validation perplexity 20.00 fine-tuned vs 40.00 base"
+    note = "tied head, 25.0% trainable (25 of 100 parameters); validation perplexity 20.00 fine-tuned vs 40.00 base"
     for run_id in (evaluate.run_id, evaluate.group_run_id):
         assert client.get_run(run_id).data.tags["mlflow.note.content"] == note
     metrics = {metric.key: metric.value for metric in client.get_logged_model(model_id).metrics}
@@ -80,3 +80,15 @@ def test_stage_run_logs_inputs_as_datasets_with_source_tags(client, make_params,
     assert logged.data.tags["mlflow.source.type"] == "LOCAL"
     assert logged.data.tags["mlflow.source.name"]
     assert logged.data.tags["mlflow.source.git.branch"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "summary"),
+    [
+        ({"freeze.head": "untied"}, "untied head"),
+        ({"finetune.method": "lora", "lora.rank": 4}, "LoRA rank 4, head frozen"),
+        ({"finetune.method": "full"}, "full fine-tuning"),
+    ],
+)
+def test_run_descriptions_name_the_method_and_the_head_only_where_it_is_read(make_params, overrides, summary):
+    assert method_summary(make_params(overrides)) == summary

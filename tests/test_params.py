@@ -209,7 +209,7 @@ def test_bad_lora_params_are_refused_at_once_each_named(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"finetune.method": "adapters"}, "finetune.method: expected one of 'freeze', 'lora', got 'adapters'"),
+        ({"finetune.method": "adapters"}, "finetune.method: expected one of 'freeze', 'lora', 'full', got 'adapters'"),
         ({"lora.target_modules": ["c_proj"]}, "lora.target_modules: expected a list of one of 'attn.c_attn'"),
         ({"lora.target_modules": []}, "lora.target_modules: one or more of"),
         ({"lora.rank": 4.0}, "lora.rank: expected int, got 4.0"),

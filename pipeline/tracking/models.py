@@ -67,7 +67,7 @@ def _log(run: StageRun, model_dir: Path, params: Params) -> str:
     from transformers import pipeline  # heavy: only when a model is logged
 
     experiment_id = run.client.get_run(run.run_id).info.experiment_id
-    tags = {MD5_TAG: dvc_md5(model_dir), "freeze.head_mode": params.freeze.head, "params.hash": params.digest()}
+    tags = {MD5_TAG: dvc_md5(model_dir), "finetune": method_summary(params), "params.hash": params.digest()}
     created = run.client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run.run_id, tags=tags)
     mlflow.set_tracking_uri(run.client.tracking_uri)  # the fluent log_model writes through the global URI
     try:
@@ -117,10 +117,19 @@ def register(run: StageRun, model_id: str, name: str, tags: Mapping[str, str]) -
     return version.version
 
 
-def describe(head: str, trainable: int, total: int, perplexity: tuple[float, float] | None = None) -> str:
-    """The one-line run description: head mode, trainable share and, once evaluated, validation perplexity
-    fine-tuned vs base."""
-    text = f"head {head}, {trainable / total:.1%} trainable ({trainable:,} of {total:,} parameters)"
+def method_summary(params: Params) -> str:
+    """How the run fine-tunes, in a few words: the head mode under method freeze, else the method."""
+    if params.finetune.method == "lora":
+        return f"LoRA rank {params.lora.rank}, head frozen"
+    if params.finetune.method == "full":
+        return "full fine-tuning"
+    return f"{params.freeze.head} head"
+
+
+def describe(method: str, trainable: int, total: int, perplexity: tuple[float, float] | None = None) -> str:
+    """The one-line run description: the method (`method_summary`), trainable share and, once evaluated,
+    validation perplexity fine-tuned vs base."""
+    text = f"{method}, {trainable / total:.1%} trainable ({trainable:,} of {total:,} parameters)"
     if perplexity is not None:
         text += f"; validation perplexity {perplexity[0]:.2f} fine-tuned vs {perplexity[1]:.2f} base"
     return text
@@ -130,7 +139,8 @@ def record_evaluation(run: StageRun, model_dir: Path, params: Params, report: di
     """The evaluate stage's bookkeeping: the one-line description on its run and the group run, the scores on the
     logged model (found by md5), and, when `mlflow.registered_model` names one, a new registered version."""
     validation = (report["finetuned"]["validation"]["perplexity"], report["base"]["validation"]["perplexity"])
-    run.describe(describe(params.freeze.head, parameters["trainable"], parameters["total"], validation), group=True)
+    summary = method_summary(params)
+    run.describe(describe(summary, parameters["trainable"], parameters["total"], validation), group=True)
     if not params.mlflow.log_model:
         return
     try:

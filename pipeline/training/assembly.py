@@ -53,6 +53,9 @@ def prepare_model(model: GPT2LMHeadModel, params: Params) -> PreparedModel:
     if params.finetune.method == "lora":  # the freeze section is not read: every pretrained weight stays frozen
         adapters = add_adapters(model, params.lora)
         description = describe_adapters(params.lora, model.config.n_layer)
+    elif params.finetune.method == "full":
+        model.requires_grad_(True)
+        description = "method full: every parameter trains, the tied head/input embedding and wpe included"
     else:
         apply_freeze_policy(model, params.freeze)
         description = head_mode_description(params.freeze.head)

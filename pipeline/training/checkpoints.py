@@ -66,7 +66,9 @@ def checkpoint_key(
         "precision": precision,
         "versions": [torch.__version__, transformers.__version__],
     }
-    if params.finetune.method == "lora":  # only then: method freeze's keys stay those of before LoRA existed
+    if params.finetune.method != "freeze":  # only then: method freeze's keys stay those of before methods existed
+        identity["method"] = params.finetune.method
+    if params.finetune.method == "lora":
         identity["lora"] = dataclasses.asdict(params.lora)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
