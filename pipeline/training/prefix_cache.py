@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -95,9 +96,11 @@ def cached_prefix(
         return load_file(path)["hidden_states"]
     hidden_states = compute_prefix(model, input_ids, prefix_blocks, batch_size, bf16)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".partial")
+    # Named for its writer: ranks on several machines sharing the folder may each build it, and must not write into
+    # one file. The rename is atomic, so a crash mid-write leaves no file that looks complete.
+    staging = path.with_suffix(f".{socket.gethostname()}-{os.getpid()}.partial")
     save_file({"hidden_states": hidden_states.contiguous()}, staging)
-    os.replace(staging, path)  # a crash mid-write leaves no file that looks complete
+    os.replace(staging, path)
     log.info("frozen prefix: cached %.1f MB in %s", path.stat().st_size / 1e6, path)
     return hidden_states
 
