@@ -3,7 +3,9 @@
 Writes the fine-tuned model (safetensors, config, tokenizer), the training curve for `dvc plots`, and the
 parameter accounting; logs all of it to MLflow. Checkpoints go to `--checkpoints` (see
 pipeline/training/checkpoints.py): a rerun after a crash, a kill -9 or a SIGINT/SIGTERM resumes from the newest
-complete one of the same configuration and ends with the outputs an unbroken run would have written.
+complete one of the same configuration and ends with the outputs an unbroken run would have written. With
+`train.processes` above 1 the stage runs as that many torch.distributed ranks (pipeline/training/distributed.py),
+and rank 0 alone writes.
 """
 
 from __future__ import annotations
