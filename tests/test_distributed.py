@@ -24,7 +24,8 @@ SMALL_RUN = {
 TWO_RANKS = {"train.processes": 2, "train.batch_size": 8}  # the offline profile's global batch of 16
 # Dropout draws other masks on two ranks than on one (each rank seeds its own generator alike), and the gradient sums
 # are split differently, so the two runs are two samples of the same training, not one computation: the issue's
-# bound on the offline profile, 2% of the fine-tuned validation loss, holds them (measured: docs/distributed.md).
+# bound on the offline profile, 2% of the fine-tuned validation loss, holds them with a tenfold margin: this short
+# run's validation losses were 0.2% apart, the full profile's 0.17% (2026-11-28, docs/distributed.md).
 RELATIVE_TOLERANCE = 0.02
 
 
