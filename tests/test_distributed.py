@@ -154,3 +154,22 @@ def test_no_train_run_is_left_running(repo, chain):
                                 order_by=["attributes.start_time ASC"])  # fmt: skip
     # dvc repro, the one-process run, then the killed, stopped and finished runs: one run each, none RUNNING.
     assert [run.info.status for run in trains] == ["FINISHED", "FINISHED", "FAILED", "KILLED", "FINISHED"]
+
+
+def test_the_frozen_prefix_cache_is_built_once_for_both_ranks(repo):
+    """Rank 0 builds the cache while rank 1 waits at a barrier, then rank 1 reads its file: one cache file, no
+    staging file left, and a run that ends (a rank computing or writing at the same time would not change that, but
+    a rank waiting for one that never arrives would hang until the test's timeout)."""
+    if not (repo.root / "data/tokenized").is_dir():  # when run alone, without the dvc repro above
+        repo.run(*repo.stage_argv("prepare"))
+        repo.run(*repo.stage_argv("tokenize"))
+    cached = {**TWO_RANKS, "freeze.head": "untied", "train.cache_frozen_prefix": True, "train.max_steps": 10}
+    before = repo.params
+    repo.set_params(cached)
+    try:
+        result = repo.run(*train_argv(repo, "cached"))
+    finally:
+        repo.set_params({key: before[key.split(".")[0]][key.split(".")[1]] for key in cached})
+    assert result.stderr.count("frozen prefix: cached") == 1
+    assert [path.suffix for path in (repo.root / ".cache/frozen_prefix").iterdir()] == [".safetensors"]
+    assert json.loads((repo.root / "out-cached/train.json").read_text())["steps"] == 10
