@@ -153,6 +153,11 @@ class TrainParams:
     """Blocks per micro-batch; 8 x 128 tokens keeps a 2-core CPU busy without waiting on memory."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; raise it to get a larger effective batch in the same memory."""
+    processes: int = 1
+    """Training processes (torch.distributed ranks, each with its own shard of every batch; docs/distributed.md).
+    `batch_size` stays per process: the global batch is batch_size x grad_accum_steps x processes, so halve
+    `batch_size` when doubling this to train the same run. 1 is the plain single process, the only choice on a
+    2-core machine that gains (docs/performance.md)."""
     learning_rate: float = 5.0e-5
     """AdamW peak learning rate, the Trainer's default and a safe one for fine-tuning GPT-2."""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
@@ -198,6 +203,11 @@ class TrainParams:
     not change what training computes."""
     keep_checkpoints: int = 2
     """Complete checkpoints kept per configuration; two, so one found corrupt on resume has one to fall back to."""
+
+    @property
+    def global_batch_size(self) -> int:
+        """Blocks per optimizer step, over every process and micro-batch."""
+        return self.batch_size * self.grad_accum_steps * self.processes
 
 
 @dataclass(frozen=True)
@@ -415,6 +425,7 @@ def _range_issues(params: Params) -> list[str]:
         "tokenize.block_size": params.tokenize.block_size,
         "train.batch_size": params.train.batch_size,
         "train.grad_accum_steps": params.train.grad_accum_steps,
+        "train.processes": params.train.processes,
         "train.learning_rate": params.train.learning_rate,
         "train.epochs": params.train.epochs,
         "train.logging_steps": params.train.logging_steps,

@@ -1,10 +1,11 @@
 """Stage 3, train: fine-tune the pretrained model (freeze policy or LoRA) on packed blocks with the HF Trainer.
 
-Writes the fine-tuned model (safetensors, config, tokenizer; a plain GPT-2 either way: LoRA's adapters are merged
-into it), the training curve for `dvc plots`, and the parameter accounting; logs all of it to MLflow. Checkpoints go
-to `--checkpoints` (see pipeline/training/checkpoints.py): a rerun after a crash, a kill -9 or a SIGINT/SIGTERM
-resumes from the newest complete one of the same configuration and ends with the outputs an unbroken run would have
-written.
+Writes the fine-tuned model (safetensors, config, tokenizer; a plain GPT-2 whatever the method: LoRA's adapters
+are merged into it), the training curve for `dvc plots`, and the parameter accounting; logs all of it to MLflow.
+Checkpoints go to `--checkpoints` (see pipeline/training/checkpoints.py): a rerun after a crash, a kill -9 or a
+SIGINT/SIGTERM resumes from the newest complete one of the same configuration and ends with the outputs an unbroken
+run would have written. With `train.processes` above 1 the stage runs as that many torch.distributed ranks
+(pipeline/training/distributed.py), and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,11 +28,20 @@ from pipeline.errors import UserError
 from pipeline.params import Params, load_params
 from pipeline.tracking.cli import exit_on_user_error
 from pipeline.tracking.models import describe, log_finetuned_model, method_summary
-from pipeline.tracking.runs import StageRun, stage_run
+from pipeline.tracking.runs import StageRun, UntrackedRun, stage_run
 from pipeline.tracking.signals import deferred_signals
 from pipeline.training.assembly import build_trainer, caches_prefix, prepare_model
 from pipeline.training.checkpoints import STEP_LOG, CheckpointStore, base_model_identity, checkpoint_key
-from pipeline.training.freeze import count_parameters, format_parameter_table
+from pipeline.training.distributed import (
+    broadcast_from_main,
+    check_world,
+    end_process_group,
+    init_process_group,
+    is_main_process,
+    launch,
+    launched_by_torchrun,
+)
+from pipeline.training.freeze import ParameterCounts, count_parameters, format_parameter_table
 from pipeline.training.resumable import CheckpointCallback, StepLog, load_final_weights, training_finished
 from pipeline.training.trainer_setup import bf16_supported, peak_memory_gib
 from pipeline.training.validation import ValidationCallback, load_best_weights, patience_exhausted, validation_blocks
@@ -58,7 +70,8 @@ def train(
     `train.cache_frozen_prefix` and a frozen prefix, the Trainer trains only the tail, on cached prefix outputs.
     With early stopping, the model ends with the best weights.
     """
-    resume_from = store.resume_point()
+    # Rank 0 picks (and prunes): every rank resumes from the same checkpoint.
+    resume_from = broadcast_from_main(store.resume_point() if is_main_process() else None)
     step_log = StepLog.read(resume_from / STEP_LOG) if resume_from else StepLog()
     if resume_from:
         log.info("resuming from %s (step %d)", resume_from, len(step_log.losses))
@@ -68,9 +81,9 @@ def train(
         load_final_weights(model, resume_from)
         load_best_weights(model, resume_from)
         return step_log, []
-    if params.train.checkpoint_steps:
+    if params.train.checkpoint_steps and is_main_process():
         store.ensure_room(model)  # fail now, not after the first hour
-    tokens_per_step = params.train.batch_size * params.train.grad_accum_steps * len(blocks[0]["input_ids"])
+    tokens_per_step = params.train.global_batch_size * len(blocks[0]["input_ids"])
     with deferred_signals() as stop:
         callback = CheckpointCallback(step_log, store, stop, run, params.train.logging_steps, tokens_per_step)
         callbacks = [callback]
@@ -148,6 +161,52 @@ def method_tags(params: Params, prefix_cached: bool) -> dict[str, str]:
     return tags
 
 
+def fine_tune(args: argparse.Namespace, params: Params, run: StageRun) -> tuple[dict[str, float], ParameterCounts]:
+    """The stage's work in this process, given its MLflow run; rank 0 alone writes. Returns the summary and the
+    parameter counts."""
+    set_seed(params.train.seed)
+    splits = read_splits(args.tokenized, ("train", "validation") if params.train.eval_steps else ("train",))
+    blocks = splits["train"]
+    validation = None
+    if "validation" in splits:
+        validation = validation_blocks(splits["validation"].with_format("torch")[:]["input_ids"],
+                                       params.train.eval_blocks)  # fmt: skip
+    tokenizer = load_tokenizer(params.model.name_or_path)
+    model = load_model(params.model.name_or_path)
+    check_vocabulary(model, tokenizer, blocks)
+    base_model = base_model_identity(params.model.name_or_path, model.config)
+    prepared = prepare_model(model, params)
+    counts = count_parameters(model)
+    log.info("parameters:\n%s", format_parameter_table(counts, prepared.description))
+    run.log_metrics(counts.as_metrics())
+    run.log_group_metrics(counts.as_metrics())
+    run.log_metrics({"global_batch_size": params.train.global_batch_size})  # batch_size x grad_accum x processes
+    run.set_tags(method_tags(params, caches_prefix(params, prepared.layout)))
+    use_bf16 = choose_precision(params, run)
+    validation_split = split_path(args.tokenized, "validation") if validation is not None else None
+    key = checkpoint_key(params, split_path(args.tokenized, "train"), base_model, str(use_bf16), validation_split)
+    store = CheckpointStore(args.checkpoints, key, params.train.keep_checkpoints, params.train.processes)
+    with store.claimed() if is_main_process() else nullcontext():
+        prefix_cache = shared_path(args.prefix_cache)
+        step_log, throughput = train(params, model, blocks, run, store, use_bf16, prefix_cache, validation)
+        summary = {"train_loss": step_log.mean_loss(), "steps": len(step_log.losses)}
+        summary |= validation_summary(step_log, params.train.early_stopping_patience)
+        if not is_main_process():
+            return summary, counts
+        with atomic_dir(args.out) as staging:
+            prepared.model_to_save().save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+        write_curve(args.curve, step_log.curve(params.train.logging_steps))
+        write_curve(args.validation_curve, [{"step": s, "validation_loss": v} for s, v in step_log.validation])
+        write_curve(args.throughput, throughput)  # a timing: beside the outputs, not one of them
+        write_json(args.metrics, {**summary, "parameters": counts.as_json()})
+        run.log_metrics(summary | {"peak_memory_gib": peak_memory_gib()})  # a measurement: MLflow only
+        store.discard()  # the outputs are complete: nothing is left to resume
+    run.describe(describe(method_summary(params), counts.trainable, counts.total))
+    log_finetuned_model(run, args.out, params)
+    return summary, counts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -162,46 +221,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error():
         params = load_params(args.params, load_model_config=load_config)
-        with stage_run("train", params, PARAMS["train"], inputs=[args.tokenized], system_metrics=True) as run:
-            set_seed(params.train.seed)
-            splits = read_splits(args.tokenized, ("train", "validation") if params.train.eval_steps else ("train",))
-            blocks = splits["train"]
-            validation = None
-            if "validation" in splits:
-                validation = validation_blocks(splits["validation"].with_format("torch")[:]["input_ids"],
-                                               params.train.eval_blocks)  # fmt: skip
-            tokenizer = load_tokenizer(params.model.name_or_path)
-            model = load_model(params.model.name_or_path)
-            check_vocabulary(model, tokenizer, blocks)
-            base_model = base_model_identity(params.model.name_or_path, model.config)
-            prepared = prepare_model(model, params)
-            counts = count_parameters(model)
-            log.info("parameters:\n%s", format_parameter_table(counts, prepared.description))
-            run.log_metrics(counts.as_metrics())
-            run.log_group_metrics(counts.as_metrics())
-            run.set_tags(method_tags(params, caches_prefix(params, prepared.layout)))
-            use_bf16 = choose_precision(params, run)
-            validation_split = split_path(args.tokenized, "validation") if validation is not None else None
-            key = checkpoint_key(
-                params, split_path(args.tokenized, "train"), base_model, str(use_bf16), validation_split
+        check_world(params.train.processes)
+        if params.train.processes > 1 and not launched_by_torchrun():
+            launch(params.train.processes, sys.argv[1:] if argv is None else argv)  # exits when the ranks end
+        if not is_main_process():
+            logging.getLogger().setLevel(logging.WARNING)  # one log per run, rank 0's
+        init_process_group()
+        try:
+            # Ranks other than 0 open no MLflow run: one train run per pipeline execution.
+            tracking = (
+                stage_run("train", params, PARAMS["train"], inputs=[args.tokenized], system_metrics=True)
+                if is_main_process()
+                else nullcontext(UntrackedRun())
             )
-            store = CheckpointStore(args.checkpoints, key, params.train.keep_checkpoints)
-            with store.claimed():
-                prefix_cache = shared_path(args.prefix_cache)
-                step_log, throughput = train(params, model, blocks, run, store, use_bf16, prefix_cache, validation)
-                with atomic_dir(args.out) as staging:
-                    prepared.model_to_save().save_pretrained(staging)
-                    tokenizer.save_pretrained(staging)
-                write_curve(args.curve, step_log.curve(params.train.logging_steps))
-                write_curve(args.validation_curve, [{"step": s, "validation_loss": v} for s, v in step_log.validation])
-                write_curve(args.throughput, throughput)  # a timing: beside the outputs, not one of them
-                summary = {"train_loss": step_log.mean_loss(), "steps": len(step_log.losses)}
-                summary |= validation_summary(step_log, params.train.early_stopping_patience)
-                write_json(args.metrics, {**summary, "parameters": counts.as_json()})
-                run.log_metrics(summary | {"peak_memory_gib": peak_memory_gib()})  # a measurement: MLflow only
-                store.discard()  # the outputs are complete: nothing is left to resume
-            run.describe(describe(method_summary(params), counts.trainable, counts.total))
-            log_finetuned_model(run, args.out, params)
+            with tracking as run:
+                summary, counts = fine_tune(args, params, run)
+        finally:
+            end_process_group()
+    if is_main_process():
         print(
             f"trainable {counts.trainable:,} of {counts.total:,} parameters ({method_summary(params)}); "
             f"train loss {summary['train_loss']:.4f} after {summary['steps']} steps; model saved to {args.out}"

@@ -23,6 +23,7 @@ from pipeline.training.checkpoints import (
     checkpoint_key,
     checkpoint_problem,
     estimated_checkpoint_bytes,
+    required_files,
 )
 from pipeline.training.freeze import apply_freeze_policy
 from pipeline.training.resumable import StepLog, load_final_weights, training_finished
@@ -93,6 +94,21 @@ def test_commit_moves_a_sealed_checkpoint_into_place_and_prunes(tmp_path):
         assert not list(store.staging.iterdir())
         assert checkpoint_problem(store.folder / "checkpoint-30", "k1") is None
         assert store.resume_point() == store.folder / "checkpoint-30"
+
+
+def test_a_checkpoint_of_two_ranks_needs_each_ranks_rng_state(tmp_path):
+    """The Trainer saves `rng_state_<rank>.pth` per rank when there are several; a rank resuming without its own
+    would refuse to start, so such a checkpoint is not usable."""
+    store = CheckpointStore(tmp_path / "checkpoints", "k1", keep=2, processes=2)
+    with store.claimed():
+        staged = stage_checkpoint(store, 10)
+        (staged / "rng_state.pth").rename(staged / "rng_state_0.pth")
+        (staged / "rng_state_1.pth").write_bytes(b"rank 1")
+        store.commit(staged)
+        assert store.resume_point() == store.folder / "checkpoint-10"
+        (store.folder / "checkpoint-10" / "rng_state_1.pth").unlink()
+        assert checkpoint_problem(store.folder / "checkpoint-10", "k1", processes=2) == "rng_state_1.pth is missing"
+    assert "rng_state.pth" in required_files(1) and "rng_state.pth" not in required_files(2)
 
 
 @pytest.mark.parametrize(

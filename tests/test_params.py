@@ -73,6 +73,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
         ({"train.batch_size": -1}, "train.batch_size: must be > 0, got -1"),
         ({"tokenize.block_size": 0}, "tokenize.block_size: must be > 0"),
         ({"train.max_steps": 0}, "train.max_steps: must be > 0 or null"),
+        ({"train.processes": 0}, "train.processes: must be > 0, got 0"),
         ({"data.max_test_lines": -5}, "data.max_test_lines: must be > 0 or null"),
         ({"freeze.trainable_blocks": -1}, "freeze.trainable_blocks: must be >= 0"),
         ({"evaluate.context": 0, "evaluate.stride": 0}, "evaluate.context: must be > 0, got 0"),

@@ -101,6 +101,26 @@ class StageRun:
             self.client.set_tag(run_id, NOTE_TAG, text)
 
 
+class UntrackedRun(StageRun):
+    """A StageRun that logs nothing: what the ranks other than 0 of a multi-process train hold, so that one
+    execution has one train run (rank 0's) whose curve is the whole batch's."""
+
+    def __init__(self) -> None:
+        super().__init__(client=None, run_id="", group_run_id="")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_group_metrics(self, metrics: Mapping[str, float]) -> None:
+        pass
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+
 @contextmanager
 def stage_run(
     stage: str,

@@ -87,7 +87,10 @@ def build_trainer(
     if caches_prefix(params, FrozenLayout.of(model)):
         model.to(args.device)  # the prefix is computed where the Trainer will train (it would move the model anyway)
         input_ids = blocks.with_format("torch")[:]["input_ids"]
-        trainee, dataset = tail_training(model, input_ids, use_bf16, prefix_cache_dir, params.train.batch_size)
+        # Each machine's first rank builds the cache while the others wait, then they read its file: one writer
+        # per machine, and no rank computes what another just wrote (a no-op with one process).
+        with args.main_process_first(local=True, desc="frozen prefix cache"):
+            trainee, dataset = tail_training(model, input_ids, use_bf16, prefix_cache_dir, params.train.batch_size)
         collator = None  # the Trainer's default stacks the dataset's tensors
     return RecordingTrainer(
         model=trainee,

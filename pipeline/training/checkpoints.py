@@ -43,6 +43,17 @@ MARKER = "complete.json"
 STEP_LOG = "step_log.json"
 # Without any of these the Trainer would resume silently from a weaker state (fresh optimizer, unseeded RNG).
 REQUIRED_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", STEP_LOG)
+
+
+def required_files(processes: int = 1) -> tuple[str, ...]:
+    """REQUIRED_FILES for a run of `processes` ranks: the Trainer saves one RNG state per rank (`rng_state_<rank>.pth`)
+    when there are several, and a rank resuming without its own would refuse to start."""
+    if processes == 1:
+        return REQUIRED_FILES
+    per_rank = tuple(f"rng_state_{rank}.pth" for rank in range(processes))
+    return tuple(name for name in REQUIRED_FILES if name != "rng_state.pth") + per_rank
+
+
 # These decide when and how much is saved or logged, not what training computes.
 _NOT_IN_KEY = ("checkpoint_steps", "keep_checkpoints", "logging_steps")
 _PREFIX = "checkpoint-"
@@ -80,8 +91,9 @@ def base_model_identity(name_or_path: str, config) -> str:
     return f"{name_or_path}@{getattr(config, '_commit_hash', None) or 'unknown'}"
 
 
-def checkpoint_problem(folder: Path, key: str) -> str | None:
-    """Why `folder` cannot be resumed from; None when every file has the size and hash it was saved with."""
+def checkpoint_problem(folder: Path, key: str, processes: int = 1) -> str | None:
+    """Why `folder` cannot be resumed from by `processes` ranks; None when every file has the size and hash it was
+    saved with."""
     try:
         record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
         files = {name: (entry["bytes"], entry["sha256"]) for name, entry in record["files"].items()}
@@ -92,7 +104,7 @@ def checkpoint_problem(folder: Path, key: str) -> str | None:
         return f"{MARKER} is unreadable"
     if saved_key != key:
         return f"saved for configuration {saved_key}, not {key}"
-    missing = [name for name in REQUIRED_FILES if name not in files]
+    missing = [name for name in required_files(processes) if name not in files]
     if missing:
         return f"it lacks {', '.join(missing)}"
     for name, (size, sha256) in files.items():
@@ -113,6 +125,8 @@ class CheckpointStore:
     root: Path
     key: str
     keep: int
+    processes: int = 1
+    """Ranks that save into each checkpoint (train.processes, also in the key)."""
 
     @property
     def folder(self) -> Path:
@@ -155,7 +169,7 @@ class CheckpointStore:
     def resume_point(self) -> Path | None:
         """The newest checkpoint that passes `checkpoint_problem`; the ones that fail are said and deleted."""
         for checkpoint in self.checkpoints():
-            problem = checkpoint_problem(checkpoint, self.key)
+            problem = checkpoint_problem(checkpoint, self.key, self.processes)
             if problem is None:
                 return checkpoint
             log.warning("%s is not usable (%s): deleted, trying the one before it", checkpoint, problem)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -95,10 +96,12 @@ def cached_prefix(
         return load_file(path)["hidden_states"]
     hidden_states = compute_prefix(model, input_ids, prefix_blocks, batch_size, bf16)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Per process: parallel experiments (`dvc queue start -j N`) with the same frozen prefix write the same key.
-    staging = path.with_suffix(f".{os.getpid()}.partial")
+    # Named for its writer: parallel experiments (`dvc queue start -j N`) with the same frozen prefix, and ranks on
+    # several machines sharing the folder, may each build one key and must not write into one file. The rename is
+    # atomic, so a crash mid-write leaves no file that looks complete.
+    staging = path.with_suffix(f".{socket.gethostname()}-{os.getpid()}.partial")
     save_file({"hidden_states": hidden_states.contiguous()}, staging)
-    os.replace(staging, path)  # a crash mid-write leaves no file that looks complete
+    os.replace(staging, path)
     log.info("frozen prefix: cached %.1f MB in %s", path.stat().st_size / 1e6, path)
     return hidden_states
 

@@ -24,6 +24,7 @@ from transformers import Trainer, TrainerCallback
 from pipeline.tracking.runs import StageRun
 from pipeline.tracking.signals import StopRequest
 from pipeline.training.checkpoints import STEP_LOG, CheckpointStore
+from pipeline.training.distributed import any_rank, barrier, is_main_process, mean_over_ranks
 from pipeline.training.freeze import head_is_tied
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,10 @@ class StepLog:
         self._pending = loss if self._pending is None else self._pending + loss
 
     def close_step(self, learning_rate: float) -> None:
-        self.losses.append(self._pending.item())  # one device sync per optimizer step, as the Trainer's logging has
+        # Each rank saw its shard of the batch; the step's loss is their mean (the Trainer scales each rank's loss
+        # by the ranks over the batch's tokens, `average_tokens_across_devices`). One device sync per optimizer
+        # step, as the Trainer's logging has.
+        self.losses.append(mean_over_ranks(self._pending).item())
         self.learning_rates.append(learning_rate)
         self._pending = None
 
@@ -135,17 +139,19 @@ class CheckpointCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
             self._log_point(self.step_log.point(state.global_step, self.every), with_throughput=True)
-        if self.stop.requested:
+        if any_rank(self.stop.requested):  # every rank stops after the same step, into one checkpoint
             control.should_save = control.should_training_stop = True
-        if control.should_save:
+        if control.should_save and is_main_process():
             self.store.ensure_room(model)
 
     def on_save(self, args, state, control, **kwargs):
-        staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        self.step_log.write(staged / STEP_LOG)
-        committed = self.store.commit(staged)
-        log.info("checkpoint at step %d of %d: %s", state.global_step, state.max_steps, committed)
-        if self.stop.requested:  # a signal that came during the save stops here, not one step later
+        barrier()  # every rank has written its RNG state into the staged checkpoint
+        if is_main_process():
+            staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.step_log.write(staged / STEP_LOG)
+            committed = self.store.commit(staged)
+            log.info("checkpoint at step %d of %d: %s", state.global_step, state.max_steps, committed)
+        if any_rank(self.stop.requested):  # a signal that came during the save stops here, not one step later
             control.should_training_stop = True
 
     def _log_point(self, point: dict[str, float], with_throughput: bool = False) -> None:

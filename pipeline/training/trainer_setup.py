@@ -19,6 +19,7 @@ import torch
 from transformers import TrainingArguments
 
 from pipeline.params import Params
+from pipeline.training.distributed import backend
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def causal_lm_batch(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.
 def training_arguments(params: Params, output_dir: Path, use_bf16: bool) -> TrainingArguments:
     train = params.train
     return TrainingArguments(
+        **distributed_arguments(train.processes),
         output_dir=str(output_dir),
         per_device_train_batch_size=train.batch_size,
         gradient_accumulation_steps=train.grad_accum_steps,
@@ -133,3 +135,12 @@ def training_arguments(params: Params, output_dir: Path, use_bf16: bool) -> Trai
         report_to="none",  # MLflow logging is the stage's, grouped per pipeline execution
         dataloader_num_workers=0,  # blocks are in memory already; worker processes only add start-up time
     )
+
+
+def distributed_arguments(processes: int) -> dict[str, object]:
+    """The Trainer's DDP settings when torchrun started `processes` > 1 ranks (none for one process, whose arguments
+    stay as they were). Every trainable tensor gets a gradient at every step, so DDP need not search the graph for
+    unused ones (its default, with a cost at each step)."""
+    if processes == 1:
+        return {}
+    return {"ddp_backend": backend(), "ddp_find_unused_parameters": False}

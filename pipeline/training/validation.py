@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 from pipeline.evaluation.lm_metrics import score_stream
 from pipeline.params import TrainParams
 from pipeline.tracking.runs import StageRun
+from pipeline.training.distributed import broadcast_from_main, is_main_process
 from pipeline.training.resumable import StepLog
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,10 @@ class ValidationCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every:
             return
-        loss = validation_loss(self.model, self.blocks, self.batch_size, self.bf16)
+        # Rank 0 scores and the others take its number: the weights are the same on every rank, so this is the
+        # loss one process would compute, bit for bit, and every rank makes the same early-stopping decision.
+        loss = validation_loss(self.model, self.blocks, self.batch_size, self.bf16) if is_main_process() else None
+        loss = broadcast_from_main(loss)
         self.step_log.validation.append([state.global_step, loss])
         self.run.log_metrics({"validation_loss": loss}, step=state.global_step)
         log.info("step %d: validation loss %.4f", state.global_step, loss)
@@ -107,7 +111,7 @@ class ValidationCallback(TrainerCallback):
             control.should_training_stop = True
 
     def on_save(self, args, state, control, **kwargs):
-        if self.best is not None:
+        if self.best is not None and is_main_process():
             save_file(self.best, Path(args.output_dir) / f"checkpoint-{state.global_step}" / BEST_WEIGHTS)
 
     def restore_best(self) -> None:
