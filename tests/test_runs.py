@@ -185,3 +185,22 @@ def test_repo_root_without_dvc_is_the_git_top_level_else_the_cwd(store, tmp_path
     assert repo_root() == store["repo"]
     monkeypatch.chdir(tmp_path)
     assert repo_root() == tmp_path
+
+
+def test_two_processes_opening_a_new_store_at_once_both_succeed_and_it_is_in_wal_mode(tmp_path, monkeypatch):
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    code = "import sys, pathlib, pipeline.tracking.runs as runs; runs.tracking_client(pathlib.Path(sys.argv[1]))"
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ)) for _ in range(2)]  # fmt: skip
+    errors = [worker.communicate()[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], errors
+    with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as database:
+        assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

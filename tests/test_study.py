@@ -54,6 +54,30 @@ def test_shipped_grids_load(path):
     assert load_grid(Path(__file__).parents[1] / path).sweeps
 
 
+@pytest.mark.parametrize(
+    ("path", "config", "blocks"),
+    [("studies/offline.yaml", "tiny", (1, 2)), ("studies/freezing.yaml", "gpt2", (1, 2))],
+)
+def test_shipped_lora_ranks_match_the_budgets_of_their_freezing_points(path, config, blocks):
+    import re
+
+    from transformers import GPT2Config
+
+    from pipeline.offline.tiny_model import TINY_GPT2
+    from pipeline.params import LORA_TARGETS
+    from pipeline.training.lora import lora_params_per_rank, rank_for_budget
+
+    config = GPT2Config(**TINY_GPT2) if config == "tiny" else GPT2Config()
+    width = config.n_embd
+    block = 12 * width**2 + 13 * width  # attention 4 d^2 + 4d, MLP 8 d^2 + 5d, two layer norms 4d
+    per_rank = lora_params_per_rank(config, list(LORA_TARGETS), None)
+    (lora_sweep,) = [sweep for sweep in load_grid(Path(__file__).parents[1] / path).sweeps
+                     if "finetune.method=lora" in sweep]  # fmt: skip
+    (ranks,) = [line for line in lora_sweep if line.startswith("lora.rank=")]
+    shipped = [int(rank) for rank in re.findall(r"\d+", ranks)]
+    assert [rank_for_budget(count * block, per_rank) for count in blocks] == [r for r in shipped if r > 8]
+
+
 # --- a whole study ------------------------------------------------------------------------------------------------
 
 # Short runs: the study's machinery is under test here, not the offline profile's quality.

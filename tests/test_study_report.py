@@ -87,6 +87,17 @@ def test_describe_method(freeze, name):
     assert describe_method({"freeze": freeze}) == name
 
 
+def test_describe_method_names_lora_and_full_without_the_freeze_section_they_do_not_read():
+    freeze = {"trainable_blocks": 1, "head": "tied", "train_ln_f": False}
+    lora = {"rank": 12, "target_modules": ["attn.c_attn", "mlp.c_fc"], "adapted_blocks": None}
+    assert describe_method({"finetune": {"method": "lora"}, "lora": lora, "freeze": freeze}) == (
+        "lora: rank 12, 2 matrices, every block"
+    )
+    last_two = {"finetune": {"method": "lora"}, "lora": lora | {"adapted_blocks": 2}, "freeze": freeze}
+    assert describe_method(last_two) == "lora: rank 12, 2 matrices, last 2 blocks"
+    assert describe_method({"finetune": {"method": "full"}, "freeze": freeze}) == "full: every parameter"
+
+
 def test_write_report_writes_a_png_and_the_same_table_twice_gives_the_same_bytes(tmp_path):
     paths = write_report(rows(POINTS), tmp_path / "a", "Study t")
     again = write_report(rows(POINTS), tmp_path / "b", "Study t")

@@ -45,12 +45,13 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--jobs: {args.jobs}; at least one worker is needed")
         grid = load_grid(args.grid)
         params = load_params(args.root / "params.yaml")
+        # The store and experiment exist before any worker starts, so no two workers race to create them.
+        client = tracking_client(args.root.resolve())
+        experiment_id = get_or_create_experiment(client, params.mlflow.experiment, args.root.resolve())
         if not args.report:
             profile = read_overrides(args.profile) if args.profile else {}
             check_inputs_versioned(args.root, params.flat() | profile)
             run_queue(args.root, queue_commands(grid, hydra_overrides(profile)), args.jobs)
-        client = tracking_client(args.root.resolve())
-        experiment_id = get_or_create_experiment(client, params.mlflow.experiment, args.root.resolve())
         points = study_points(args.root, client, params.mlflow.experiment)
         if not points:
             raise UserError(f"no finished DVC experiment of HEAD in {args.root} (`dvc exp show`); run the study first")

@@ -31,7 +31,15 @@ MARKDOWN_COLUMNS = {
 
 
 def describe_method(params: dict[str, Any]) -> str:
-    """A short name for a point's configuration, e.g. `freeze: last 2 blocks, head untied, ln_f`."""
+    """A short name for a point's configuration: `freeze: last 2 blocks, head untied, ln_f`, `lora: rank 8, 4
+    matrices, every block` or `full`. The part before the colon is the method, which the plot colours by."""
+    method = params.get("finetune", {}).get("method", "freeze")
+    if method == "full":
+        return "full: every parameter"
+    if method == "lora":
+        lora = params["lora"]
+        blocks = "every block" if lora["adapted_blocks"] is None else f"last {lora['adapted_blocks']} blocks"
+        return f"lora: rank {lora['rank']}, {len(lora['target_modules'])} matrices, {blocks}"
     freeze = params["freeze"]
     blocks = freeze["trainable_blocks"]
     parts = [f"last {blocks} block{'s' if blocks != 1 else ''}", f"head {freeze['head']}"]

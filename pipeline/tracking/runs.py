@@ -222,23 +222,27 @@ def tracking_client(root: Path) -> MlflowClient:
     for name in ("mlflow.store.db.utils", "alembic"):
         if logging.getLogger(name).getEffectiveLevel() == logging.INFO:  # a DEBUG asked for stays
             logging.getLogger(name).setLevel(logging.WARNING)
-    client = MlflowClient(tracking_uri=tracking_uri(root))
-    if client.tracking_uri.startswith("sqlite:///"):
-        _open_sqlite_store(client, Path(client.tracking_uri.removeprefix("sqlite:///")))
-    return client
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///"):
+        return _open_sqlite_store(uri, Path(uri.removeprefix("sqlite:///")))
+    return MlflowClient(tracking_uri=uri)
 
 
-def _open_sqlite_store(client: MlflowClient, database: Path) -> None:
-    """Create (migrate) the store one process at a time, in WAL mode, so that parallel `dvc queue` workers share it.
+def _open_sqlite_store(uri: str, database: Path) -> MlflowClient:
+    """Open (and on first use create) the store one process at a time, in WAL mode, so that parallel `dvc queue`
+    workers share it.
 
-    Two processes creating a new store at once both run its migrations, and one fails. In SQLite's default
-    journal mode a writer also blocks every reader; WAL lets readers go on while one process writes, which leaves
-    MLflow's own 20 s busy timeout to cover writers queueing behind each other (https://sqlite.org/wal.html).
+    The client opens its store when constructed, and two processes creating a new store at once both run its
+    migrations, so one fails (alembic: "expected to match one row"). In SQLite's default journal mode a writer also
+    blocks every reader; WAL lets readers go on while one process writes, which leaves MLflow's own 20 s busy
+    timeout to cover writers queueing behind each other (https://sqlite.org/wal.html).
     """
     with FileLock(database.with_name(database.name + ".lock"), timeout=STORE_LOCK_TIMEOUT_S):
-        client.search_experiments(max_results=1)  # the first call creates and migrates the store
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # a lazily opened store would be created here
         with closing(sqlite3.connect(database, timeout=STORE_LOCK_TIMEOUT_S)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")  # persistent: a property of the database file
+    return client
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, root: Path) -> str:
