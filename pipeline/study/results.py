@@ -13,6 +13,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from pipeline.errors import UserError
+from pipeline.tracking.runs import newest_run
 
 EVAL_METRICS = "metrics/eval.json"
 TRAIN_METRICS = "metrics/train.json"
@@ -73,17 +74,11 @@ def study_points(root: Path, client: MlflowClient | None, experiment_name: str |
 def train_timing(client: MlflowClient, experiment_id: str, exp_name: str) -> tuple[str | None, dict[str, float]]:
     """The pipeline (group) run of a DVC experiment's newest finished train run (tag `dvc.exp_name`), and that train
     run's timings."""
-    groups = client.search_runs(
-        [experiment_id],
-        # Stage runs are named after their stage; a group run is named pipeline-<params digest>.
-        filter_string=f"tags.`dvc.exp_name` = '{exp_name}' and attributes.run_name = 'train' "
-        "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not groups:
+    # Stage runs are named after their stage; a group run is named pipeline-<params digest>.
+    train_run = newest_run(client, experiment_id, f"tags.`dvc.exp_name` = '{exp_name}' and attributes.run_name = "
+                           "'train' and attributes.status = 'FINISHED'")  # fmt: skip
+    if train_run is None:
         return None, {}
-    train_run = groups[0]
     metrics = train_run.data.metrics
     timing = {"train_s": metrics.get("duration_s"), "peak_memory_gib": metrics.get("peak_memory_gib")}
     history = client.get_metric_history(train_run.info.run_id, "tokens_per_s")

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 from filelock import FileLock
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import UserError
@@ -278,15 +278,18 @@ def _artifact_location(client: MlflowClient, root: Path) -> str | None:
     return (root / "mlruns" / "artifacts").as_uri()
 
 
-def _group_run_id(client: MlflowClient, experiment_id: str, params: Params, lineage: dict[str, str], key: str) -> str:
-    running = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{GROUP_KEY_TAG}` = '{key}' and attributes.status = 'RUNNING'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+def newest_run(client: MlflowClient, experiment_id: str, filter_string: str) -> Run | None:
+    """The most recently started run of the experiment that matches the MLflow search filter, if any."""
+    found = client.search_runs(
+        [experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1
     )
+    return found[0] if found else None
+
+
+def _group_run_id(client: MlflowClient, experiment_id: str, params: Params, lineage: dict[str, str], key: str) -> str:
+    running = newest_run(client, experiment_id, f"tags.`{GROUP_KEY_TAG}` = '{key}' and attributes.status = 'RUNNING'")
     if running:
-        return running[0].info.run_id
+        return running.info.run_id
     tags = {**lineage, GROUP_KEY_TAG: key}
     run_id = client.create_run(experiment_id, run_name=f"pipeline-{params.digest()[:8]}", tags=tags).info.run_id
     _log_params(client, run_id, params.flat())

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from pipeline.tracking.lineage import git
+from pipeline.tracking.runs import newest_run
 
 STUDY_TAG = "pipeline.study"
 PARENT_TAG = "mlflow.parentRunId"
@@ -33,14 +34,10 @@ def log_study_run(
     """Create or reuse the study run, log `settings` as params, `summary` as metrics and `files` as artifacts,
     adopt the pipeline runs, and end it FINISHED; returns its id."""
     commit = git(root, "rev-parse", "HEAD") or ""
-    existing = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{STUDY_TAG}` = '{grid_name}' and tags.`git.commit` = '{commit}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    same_study = f"tags.`{STUDY_TAG}` = '{grid_name}' and tags.`git.commit` = '{commit}'"
+    existing = newest_run(client, experiment_id, same_study)
     if existing:
-        run_id = existing[0].info.run_id
+        run_id = existing.info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
         note = (f"Study {grid_name!r}: one child run per configuration; the report (study.md, study.csv, study.png) "
