@@ -22,7 +22,8 @@ COLUMNS = (
     "pareto_params", "pareto_time",
 )  # fmt: skip
 MARKDOWN_COLUMNS = {
-    "method": "method", "trainable_params": "trainable", "trainable_percent": "share %", "train_s": "train s",
+    "experiment": "experiment", "method": "method", "trainable_params": "trainable", "trainable_percent": "share %",
+    "train_s": "train s",
     "tokens_per_s": "tokens/s", "peak_memory_gib": "peak GiB", "base_validation_perplexity": "base val ppl",
     "validation_loss": "val loss", "validation_perplexity": "val ppl", "validation_accuracy": "val acc",
     "test_perplexity": "test ppl", "test_accuracy": "test acc", "pareto_params": "front (params)",
