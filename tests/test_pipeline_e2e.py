@@ -96,6 +96,10 @@ def test_mlflow_groups_the_stage_runs_under_one_finished_run(first_run):
     assert train_run.data.params["freeze.head"] == "tied"
     assert "data.source" not in train_run.data.params  # a stage logs only the params it reads
     assert len(client.get_metric_history(train_run.info.run_id, "loss")) >= 2
+    # the offline profile registers a version per run, through the project's store and no other
+    (version,) = client.search_model_versions(f"name = '{repo.params['mlflow']['registered_model']}'")
+    assert version.run_id == train_run.info.run_id
+    assert not (repo.root / "mlflow.db").exists()
 
 
 def test_lineage_tags_match_dvc_lock(first_run):

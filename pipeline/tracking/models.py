@@ -110,6 +110,9 @@ def register(run: StageRun, model_id: str, name: str, tags: Mapping[str, str]) -
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     model = run.client.get_logged_model(model_id)
+    # MLflow 3.17's registry looks the LoggedModel up through a default client, i.e. the global tracking URI, which
+    # is `./mlflow.db` unless set: without this the version fails ("Logged model ... not found") and leaves that file.
+    mlflow.set_tracking_uri(run.client.tracking_uri)
     version = run.client.create_model_version(
         name, source=model.model_uri, run_id=model.source_run_id, tags=dict(tags), model_id=model_id
     )
