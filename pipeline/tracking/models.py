@@ -71,7 +71,10 @@ def _log(run: StageRun, model_dir: Path, params: Params) -> str:
     created = run.client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run.run_id, tags=tags)
     mlflow.set_tracking_uri(run.client.tracking_uri)  # the fluent log_model writes through the global URI
     try:
-        generator = pipeline("text-generation", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
+        # Absolute: MLflow fetches the model card and license of `name_or_path` from the Hub when it reads as a repo
+        # id, and the relative `models/finetuned` does (five retries, ~30 s, offline); an absolute path cannot.
+        local = str(model_dir.resolve())
+        generator = pipeline("text-generation", model=local, tokenizer=local, device="cpu")
         mlflow.transformers.log_model(
             generator,
             task="text-generation",
