@@ -82,7 +82,7 @@ def test_shipped_lora_ranks_match_the_budgets_of_their_freezing_points(path, con
 
 # Short runs: the study's machinery is under test here, not the offline profile's quality.
 QUICK = ["train.max_steps=12", "train.eval_steps=null", "train.logging_steps=4", "train.checkpoint_steps=null",
-         "mlflow.log_model=false"]  # fmt: skip
+         "mlflow.log_model=false", "mlflow.registered_model=null"]  # fmt: skip
 
 
 @pytest.mark.slow

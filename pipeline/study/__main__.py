@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> None:
             run_queue(args.root, queue_commands(grid, hydra_overrides(profile)), args.jobs)
         points = study_points(args.root, client, params.mlflow.experiment)
         if not points:
-            raise UserError(f"no finished DVC experiment of HEAD in {args.root} (`dvc exp show`); run the study first")
+            raise UserError(
+                f"no finished DVC experiment of HEAD in {args.root} (`dvc exp show`): `dvc queue status` lists the "
+                "failed ones and `dvc queue logs <name>` says why; or run the study first"
+            )
         table = rows(points)
         paths = write_report(table, args.out, f"Study {grid.name}: {len(table)} points")
         best = min(table, key=lambda row: row["validation_perplexity"])
