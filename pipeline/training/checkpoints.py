@@ -2,7 +2,8 @@
 
 Layout: `<checkpoints>/<key>/checkpoint-<step>/`. The key hashes everything that decides what training computes
 (the train params, the fine-tuning method's params, block size, the tokenized train split, the base model, the
-precision, the torch and transformers versions), so a rerun never resumes from another configuration's state. The
+precision, the torch and transformers versions, and the machine's numerics: ISA, threads and the canary of
+pipeline/training/numerics.py), so a rerun never resumes from another configuration's state. The
 folder is not a DVC output: DVC deletes a stage's outputs before running it, which would delete the very checkpoints
 a rerun needs.
 
@@ -62,10 +63,16 @@ FREE_SPACE_MARGIN = 1.1
 
 
 def checkpoint_key(
-    params: Params, train_split: Path, base_model: str, precision: str, validation_split: Path | None = None
+    params: Params,
+    train_split: Path,
+    base_model: str,
+    precision: str,
+    validation_split: Path | None = None,
+    numerics: dict[str, str] | None = None,
 ) -> str:
     """16 hex digits naming one training configuration (see the module docstring for what goes in); the validation
-    split when training scores it (its points are in the step log, and early stopping acts on them)."""
+    split when training scores it (its points are in the step log, and early stopping acts on them); the numerics
+    fingerprint (pipeline/training/numerics.py), so a run resumes only where its kernels compute as they did."""
     identity = {
         "format": CHECKPOINT_FORMAT,
         "train": {k: v for k, v in dataclasses.asdict(params.train).items() if k not in _NOT_IN_KEY},
@@ -76,6 +83,7 @@ def checkpoint_key(
         "base_model": base_model,
         "precision": precision,
         "versions": [torch.__version__, transformers.__version__],
+        "numerics": numerics,
     }
     if params.finetune.method != "freeze":  # only then: method freeze's keys stay those of before methods existed
         identity["method"] = params.finetune.method
@@ -219,7 +227,8 @@ class CheckpointStore:
             size = sum(_folder_bytes(path) for path in others)
             log.info(
                 "ignoring checkpoints of %d other configuration(s) under %s (%s; %.0f MiB): they do not match "
-                "these params, data and model; delete them if you will not return to those params",
+                "these params, data and model, or were computed with other kernels or threads (the numerics tags of "
+                "the train run); delete them if you will not return to those params",
                 len(others), self.root, ", ".join(sorted(path.name for path in others)), size / 2**20,
             )  # fmt: skip
 

@@ -1,0 +1,69 @@
+"""What decides the last bits of training on this machine, recorded once per run and part of the checkpoint key.
+
+Two processes on one machine give bitwise-equal training only if they run the same kernels on the same number of
+threads: the GEMM kernel oneDNN or MKL picks (from the ISA it detects, AVX512-BF16 or AMX, and the cache sizes it
+reads) and the thread count both fix the order of every floating-point sum. Under bf16 autocast a different order
+shows within the first steps (docs/reproducibility.md measured 1e-6 on the loss at step 10). None of this is visible
+from the params, so the stage records it:
+
+- the versions, ISA and thread counts torch reports, and
+- a *canary*: the hash of the model's own forward pass on the first training batch, in the training precision,
+  before any weight moves. It runs the very kernels, shapes and threads that the first step runs, so two processes
+  whose canaries differ compute differently whatever the reason, including one that no setting names.
+
+The fingerprint goes into the checkpoint key (a rerun never resumes a run whose kernels computed otherwise, so it
+ends with an unbroken run's bytes for the machine it runs on) and into the train run's MLflow tags, where
+`python -m pipeline.reproduce` reads them when two runs differ, to tell a machine that changed from code that did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from contextlib import nullcontext
+
+import torch
+
+CANARY_ROWS = 2
+"""Training blocks the canary scores: enough to run the step's GEMM shapes, a fraction of a step's cost."""
+
+
+def kernel_library_versions() -> str:
+    """oneDNN and MKL as torch was built with them (`torch.__config__.show()`), e.g. 'MKL-DNN v3.12.0'."""
+    return ", ".join(re.findall(r"MKL-DNN v[\d.]+|Math Kernel Library Version [\w.-]+", torch.__config__.show()))
+
+
+def machine_numerics() -> dict[str, str]:
+    """The settings torch reports that pick kernels and fix summation order."""
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": str(torch.cpu._is_avx512_bf16_supported()),
+        "amx": str(torch.cpu._is_amx_tile_supported()),
+        "threads": str(torch.get_num_threads()),
+        "kernels": kernel_library_versions(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+    }
+
+
+@torch.no_grad()
+def canary(model: torch.nn.Module, input_ids: torch.Tensor, use_bf16: bool) -> str:
+    """16 hex digits of sha256 over the logits `model` computes for `input_ids` under the training precision.
+
+    Dropout is off for the pass (eval mode) and the model's mode is restored after, so the canary reads no random
+    state and changes none."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    try:
+        with autocast:
+            logits = model(input_ids=input_ids.to(device)).logits
+    finally:
+        model.train(was_training)
+    return hashlib.sha256(logits.float().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def numerics_fingerprint(model: torch.nn.Module, input_ids: torch.Tensor, use_bf16: bool) -> dict[str, str]:
+    """`machine_numerics()` and the canary on the first `CANARY_ROWS` rows of `input_ids`."""
+    return machine_numerics() | {"canary": canary(model, input_ids[:CANARY_ROWS], use_bf16)}
