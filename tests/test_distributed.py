@@ -16,10 +16,10 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.slow
 
 # A 400-line train split: 13 optimizer steps of 16 blocks per epoch, 39 in three epochs; a checkpoint every 5 steps,
-# the whole validation split scored every 13.
+# the whole validation split scored every 13; the default precision (bf16 autocast where the CPU has it).
 SMALL_RUN = {
     "data.max_train_lines": 400, "train.checkpoint_steps": 5, "train.logging_steps": 5, "train.eval_steps": 13,
-    "train.eval_blocks": None,
+    "train.eval_blocks": None, "train.bf16": True,
 }  # fmt: skip
 TWO_RANKS = {"train.processes": 2, "train.batch_size": 8}  # the offline profile's global batch of 16
 # Dropout draws other masks on two ranks than on one (each rank seeds its own generator alike), and the gradient sums

@@ -1,11 +1,19 @@
 """The reproducibility check itself: it passes on the pipeline as it is and catches planted nondeterminism."""
 
 import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from pipeline.reproduce.checks import compare_metrics
+from pipeline.reproduce.checks import compare_metrics, locked_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -20,15 +28,47 @@ def verdict_lines(output: str) -> dict[str, str]:
     return {row[1]: row[-1] for row in rows}
 
 
-def test_two_clean_runs_of_the_offline_pipeline_are_bitwise_identical(pipeline_repo_factory):
+@pytest.fixture(scope="module")
+def twice_in_bf16(pipeline_repo_factory):
+    """`reproduce twice` on the offline profile in the default precision (bf16 autocast where the CPU has it), its
+    scratch clones kept: the first is an unbroken run that other tests compare with."""
     repo = pipeline_repo_factory("reproduce-ok")
-    result = reproduce(repo, "twice")
+    result = reproduce(repo, "--keep", "twice", "--offline", "-S", "train.bf16=true")
+    kept = Path(re.search(r"scratch clones kept in (\S+)", result.stderr).group(1))
+    yield result, kept / "run1"
+    shutil.rmtree(kept, ignore_errors=True)
+
+
+def test_two_clean_runs_of_the_offline_pipeline_in_bf16_are_bitwise_identical(twice_in_bf16):
+    result, _ = twice_in_bf16
     assert result.returncode == 0, result.stdout + result.stderr
     verdicts = verdict_lines(result.stdout)
     for output in ("data/prepared", "data/tokenized", "models/finetuned", "metrics/eval.json", "plots/train_curve.csv"):
         assert verdicts[output] == "same"
     assert "metrics: all equal" in result.stdout
     assert result.stdout.rstrip().endswith("REPRODUCED")
+
+
+def test_kill_9_of_dvc_repro_during_training_then_dvc_repro_ends_with_an_unbroken_runs_bytes(
+    pipeline_repo_factory, twice_in_bf16
+):
+    """The whole `dvc repro` process group killed at a random moment of the train stage (before, between or after
+    its checkpoints, or while it writes its outputs), then `dvc repro`: every output hashes as in an unbroken run."""
+    _, unbroken = twice_in_bf16
+    repo = pipeline_repo_factory("reproduce-killed")
+    repo.set_params({"train.bf16": True})
+    repo.commit("the default precision")
+    moment = random.uniform(0.0, 12.0)
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo.root, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    while process.poll() is None and not (repo.root / "checkpoints").is_dir():  # train has claimed its key
+        time.sleep(0.05)
+    time.sleep(moment)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    repo.dvc("repro")
+    rerun, expected = locked_outputs(repo.root / "dvc.lock"), locked_outputs(unbroken / "dvc.lock")
+    assert rerun == expected, f"killed {moment:.1f} s into train"
 
 
 def test_planted_nondeterminism_is_caught_and_located(pipeline_repo_factory):

@@ -7,9 +7,9 @@ shows within the first steps (docs/reproducibility.md measured 1e-6 on the loss 
 from the params, so the stage records it:
 
 - the versions, ISA and thread counts torch reports, and
-- a *canary*: the hash of the model's own forward pass on the first training batch, in the training precision,
-  before any weight moves. It runs the very kernels, shapes and threads that the first step runs, so two processes
-  whose canaries differ compute differently whatever the reason, including one that no setting names.
+- a *canary*: the hash of the model's own loss and gradients on the first training rows, in the training
+  precision, before any weight moves. It runs the kernels and threads of a step, so two processes whose canaries
+  differ compute differently whatever the reason, including one that no setting names.
 
 The fingerprint goes into the checkpoint key (a rerun never resumes a run whose kernels computed otherwise, so it
 ends with an unbroken run's bytes for the machine it runs on) and into the train run's MLflow tags, where
@@ -46,22 +46,28 @@ def machine_numerics() -> dict[str, str]:
     }
 
 
-@torch.no_grad()
 def canary(model: torch.nn.Module, input_ids: torch.Tensor, use_bf16: bool) -> str:
-    """16 hex digits of sha256 over the logits `model` computes for `input_ids` under the training precision.
+    """16 hex digits of sha256 over the loss `model` computes for `input_ids` under the training precision and its
+    gradients for the trainable weights: the forward and backward kernels of a step (the weight gradients are where
+    the thread count splits a sum).
 
-    Dropout is off for the pass (eval mode) and the model's mode is restored after, so the canary reads no random
-    state and changes none."""
+    Dropout is off for the pass (eval mode), the mode is restored after, and the gradients are returned rather than
+    accumulated into `.grad`: the canary reads no random state and changes nothing training reads."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     try:
         with autocast:
-            logits = model(input_ids=input_ids.to(device)).logits
+            loss = model(input_ids=input_ids.to(device), labels=input_ids.to(device)).loss
+        gradients = torch.autograd.grad(loss, trainable) if trainable else []
     finally:
         model.train(was_training)
-    return hashlib.sha256(logits.float().cpu().numpy().tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256(loss.detach().float().cpu().numpy().tobytes())
+    for gradient in gradients:
+        digest.update(gradient.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def numerics_fingerprint(model: torch.nn.Module, input_ids: torch.Tensor, use_bf16: bool) -> dict[str, str]:

@@ -1,0 +1,67 @@
+"""The numerics fingerprint: what decides training's last bits, and the canary that shows when kernels differ."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from pipeline.training.numerics import canary, machine_numerics, numerics_fingerprint
+
+CANARY_IN_A_FRESH_PROCESS = """
+import sys, torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from pipeline.training.numerics import canary
+torch.set_num_threads(int(sys.argv[1]))
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=256, vocab_size=4096, n_positions=128))
+print(canary(model, torch.randint(0, 4096, (2, 128), generator=torch.Generator().manual_seed(1)), use_bf16=True))
+"""
+
+
+@pytest.fixture
+def model(tiny_config):
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(tiny_config)
+
+
+def test_the_canary_is_the_same_for_the_same_model_and_input_and_leaves_the_model_as_it_was(model):
+    input_ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    model.train()
+    rng_before = torch.get_rng_state()
+    first = canary(model, input_ids, use_bf16=False)
+    assert model.training and torch.equal(torch.get_rng_state(), rng_before)
+    assert canary(model, input_ids, use_bf16=False) == first
+    assert len(first) == 16 and int(first, 16) >= 0
+
+
+def test_the_canary_changes_with_the_weights_the_precision_and_the_input(model):
+    input_ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    reference = canary(model, input_ids, use_bf16=False)
+    assert canary(model, input_ids, use_bf16=True) != reference
+    assert canary(model, input_ids.flip(1), use_bf16=False) != reference
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] += 1e-3
+    assert canary(model, input_ids, use_bf16=False) != reference
+
+
+def test_bf16_canaries_agree_across_fresh_processes_and_tell_thread_counts_apart():
+    """The property the train stage relies on: fresh processes with the same threads compute the same bits under
+    bf16 autocast, and another thread count (another summation order) shows in the canary."""
+
+    def run(threads: int) -> str:
+        command = [sys.executable, "-c", CANARY_IN_A_FRESH_PROCESS, str(threads)]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+    two_threads = {run(2) for _ in range(2)}
+    assert len(two_threads) == 1
+    if torch.get_num_threads() >= 2:
+        assert run(1) not in two_threads
+
+
+def test_the_fingerprint_names_what_picks_the_kernels(model):
+    fingerprint = numerics_fingerprint(model, torch.zeros(4, 8, dtype=torch.long), use_bf16=False)
+    assert fingerprint.keys() >= {"torch", "cpu_capability", "threads", "kernels", "canary"}
+    assert fingerprint["threads"] == str(torch.get_num_threads())
+    assert fingerprint.items() >= machine_numerics().items()
