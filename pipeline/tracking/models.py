@@ -16,9 +16,11 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
+from pipeline.errors import UserError
 from pipeline.params import Params
 from pipeline.tracking.hashing import dvc_md5
 from pipeline.tracking.runs import StageRun
+from pipeline.tracking.store_lock import locked_store_as_user_error, wait_for_store
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +41,32 @@ def find_logged_model(run: StageRun, model_dir: Path) -> str | None:
     return next((model.model_id for model in found if model.status == LoggedModelStatus.READY), None)
 
 
+class ModelLoggingError(UserError):
+    """The model folder is written but could not be logged to MLflow; the train stage fails so that it reruns."""
+
+
 def log_finetuned_model(run: StageRun, model_dir: Path, params: Params) -> str | None:
     """Log `model_dir` (a save_pretrained folder) as a LoggedModel of the train run, or reuse the one with its md5;
-    either way the train and group runs list it among their outputs. None when `mlflow.log_model` is off."""
+    either way the train and group runs list it among their outputs. None when `mlflow.log_model` is off.
+
+    A failure is the stage's, not a log line: a stage that exits 0 without its model in MLflow (nor registered)
+    would never be rerun by DVC. The caller keeps its checkpoints until this returns, so the rerun only logs.
+    """
     if not params.mlflow.log_model:
         return None
+    uri = run.client.tracking_uri
     try:
-        return _log_or_link(run, model_dir, params)
-    except Exception:  # bookkeeping: the stage's outputs are written and stay valid without it
-        logger.exception("Could not log %s to MLflow; the stage's outputs are unaffected", model_dir)
-        return None
+        with locked_store_as_user_error(uri):
+            wait_for_store(uri)
+            return _log_or_link(run, model_dir, params)
+    except Exception as error:
+        logger.debug("logging %s to MLflow failed", model_dir, exc_info=True)  # the cause, for who asks for it
+        cause = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+        raise ModelLoggingError(
+            f"{model_dir} is written, but logging it to MLflow failed: {cause}. The stage fails so that `dvc repro` "
+            "reruns it; its checkpoints are kept, so the rerun saves and logs the model without training again "
+            "(or set mlflow.log_model: false to keep the model in DVC only)"
+        ) from None
 
 
 def _log_or_link(run: StageRun, model_dir: Path, params: Params) -> str:
