@@ -95,3 +95,19 @@ def test_any_model_logging_failure_fails_the_stage(make_params, monkeypatch, tmp
     with pytest.raises(ModelLoggingError) as caught, stage_run("train", params, ("train",)) as run:
         log_finetuned_model(run, Path(tmp_path), params)
     assert "logging it to MLflow failed: RuntimeError: artifact store unreachable. The stage fails" in str(caught.value)
+
+
+def test_an_evaluation_that_cannot_be_recorded_on_the_model_fails_the_stage(make_params, monkeypatch, tmp_path):
+    from pipeline.tracking.models import record_evaluation
+
+    def broken(*args):
+        raise RuntimeError("store gone")
+
+    monkeypatch.setattr("pipeline.tracking.models.find_logged_model", broken)
+    scores = {"validation": {"perplexity": 10.0}}
+    report = {"finetuned": scores, "base": scores}
+    params = make_params()
+    with pytest.raises(ModelLoggingError) as caught, stage_run("evaluate", params, ("evaluate",)) as run:
+        record_evaluation(run, tmp_path / "finetuned", params, report, {"trainable": 1, "total": 2})
+    assert "recording it on its MLflow model failed: RuntimeError: store gone" in str(caught.value)
+    assert "the rerun evaluates again and records it" in str(caught.value)

@@ -9,7 +9,8 @@ LoggedModel with that md5 links to it instead of logging the weights again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -54,18 +55,25 @@ def log_finetuned_model(run: StageRun, model_dir: Path, params: Params) -> str |
     """
     if not params.mlflow.log_model:
         return None
+    with _fatal(run, f"{model_dir} is written, but logging it to MLflow failed",
+                "its checkpoints are kept, so the rerun saves and logs the model without training again"):  # fmt: skip
+        return _log_or_link(run, model_dir, params)
+
+
+@contextmanager
+def _fatal(run: StageRun, failed: str, rerun: str) -> Iterator[None]:
+    """Wait for a busy store, then run the block; any failure in it is a `ModelLoggingError` paragraph."""
     uri = run.client.tracking_uri
     try:
         with locked_store_as_user_error(uri):
             wait_for_store(uri)
-            return _log_or_link(run, model_dir, params)
+            yield
     except Exception as error:
-        logger.debug("logging %s to MLflow failed", model_dir, exc_info=True)  # the cause, for who asks for it
+        logger.debug("%s", failed, exc_info=True)  # the traceback, for who asks for DEBUG
         cause = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
         raise ModelLoggingError(
-            f"{model_dir} is written, but logging it to MLflow failed: {cause}. The stage fails so that `dvc repro` "
-            "reruns it; its checkpoints are kept, so the rerun saves and logs the model without training again "
-            "(or set mlflow.log_model: false to keep the model in DVC only)"
+            f"{failed}: {cause}. The stage fails so that `dvc repro` reruns it; {rerun} (or set mlflow.log_model: "
+            "false to keep the model in DVC only)"
         ) from None
 
 
@@ -167,7 +175,8 @@ def record_evaluation(run: StageRun, model_dir: Path, params: Params, report: di
     run.describe(describe(summary, parameters["trainable"], parameters["total"], validation), group=True)
     if not params.mlflow.log_model:
         return
-    try:
+    with _fatal(run, f"the evaluation of {model_dir} is written, but recording it on its MLflow model failed",
+                "the rerun evaluates again and records it"):  # fmt: skip
         model_id = find_logged_model(run, model_dir)
         if model_id is None:
             logger.warning("No logged MLflow model has the md5 of %s (logged with log_model off?)", model_dir)
@@ -187,5 +196,3 @@ def record_evaluation(run: StageRun, model_dir: Path, params: Params, report: di
                 "pipeline.group_run_id": run.group_run_id,
             }
             register(run, model_id, params.mlflow.registered_model, tags)
-    except Exception:  # bookkeeping: the evaluation's outputs are written and stay valid without it
-        logger.exception("Could not record the evaluation on the MLflow model of %s", model_dir)
