@@ -6,7 +6,8 @@ When a stage starts, it looks in its experiment for RUNNING stage runs recorded 
 or whose pid now belongs to a process started after the run (pids are reused), and ends each FAILED with an
 `error` tag saying why, together with its group run, which the dead stage can no longer close either. Runs of live
 processes (a stage running in parallel) and runs recorded on another host, whose process cannot be checked from
-here, are left alone.
+here, are left alone. A LoggedModel left PENDING by a run that is no longer RUNNING (killed while logging the
+weights) ends FAILED too.
 """
 
 from __future__ import annotations
