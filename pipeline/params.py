@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.input_paths import is_local_path, untracked_path_issue
 
 SPLITS = ("train", "validation", "test")
 EVAL_SPLITS = ("validation", "test")
@@ -292,7 +294,8 @@ def load_params(path: str | Path, load_model_config: Callable[[str], Any] | None
                 sections[name] = section_type(**raw[name])
     if not issues:
         params = Params(**sections)
-        issues.extend(_range_issues(params))
+        issues.extend(_non_finite_issues(params) + _range_issues(params))
+        issues.extend(_untracked_input_issues(params))
         if load_model_config is not None:
             issues.extend(_model_config_issues(params, load_model_config))
     if issues:
@@ -419,6 +422,33 @@ def _describe(annotation: Any) -> str:
     return "null" if annotation is type(None) else annotation.__name__
 
 
+def _non_finite_issues(params: Params) -> list[str]:
+    """Every float param, wherever it sits, must be a number: YAML reads `.inf` and `.nan` as floats, which pass
+    every range check (`nan <= 0` is false) and then train to NaN weights, or fail deep inside the optimizer."""
+    issues = []
+    for key, value in params.flat().items():
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+            issues.append(f"{key}: must be a finite number, got {value}")
+    return issues
+
+
+def _untracked_input_issues(params: Params) -> list[str]:
+    """Local inputs must lie where dvc.yaml tracks them (pipeline/input_paths.py); Hub ids are not paths."""
+    candidates = []
+    if is_local_path(params.model.name_or_path):
+        candidates.append(("model.name_or_path", params.model.name_or_path, "models"))
+    if params.data.source == "local":
+        files = {f"data.{split}_file": params.data.split_file(split) for split in SPLITS}
+        candidates += [(key, path, "corpus") for key, path in files.items() if path is not None]
+        if params.data.single_file is not None:
+            candidates.append(("data.single_file", params.data.single_file, "corpus"))
+    elif is_local_path(params.data.hub_dataset):
+        candidates.append(("data.hub_dataset", params.data.hub_dataset, "corpus"))
+    issues = [untracked_path_issue(key, path, kind) for key, path, kind in candidates]
+    return [issue for issue in issues if issue is not None]
+
+
 def _range_issues(params: Params) -> list[str]:
     issues = []
     positive = {
@@ -454,6 +484,11 @@ def _range_issues(params: Params) -> list[str]:
         "train.weight_decay": params.train.weight_decay,
     }
     issues += [f"{key}: must be >= 0, got {value}" for key, value in non_negative.items() if value < 0]
+    # A window or block of one token holds no next token to predict: training on it is 0 loss for nothing.
+    one_token = {"tokenize.block_size": params.tokenize.block_size, "evaluate.context": params.evaluate.context}
+    for key, value in one_token.items():
+        if value == 1:
+            issues.append(f"{key}: must be >= 2 (a block of 1 token has no next token to predict), got 1")
     if not all(prompt.strip() for prompt in params.samples.prompts):
         issues.append("samples.prompts: every prompt must hold some text (an empty one has nothing to continue)")
     if params.mlflow.registered_model is not None and not params.mlflow.log_model:

@@ -22,7 +22,7 @@ from datasets import Dataset
 from transformers import set_seed
 
 from pipeline.data.corpus import read_splits, split_path
-from pipeline.data.files import atomic_dir, write_json, write_text_atomic
+from pipeline.data.files import write_json, write_text_atomic
 from pipeline.data.loading import load_config, load_model, load_tokenizer
 from pipeline.errors import UserError
 from pipeline.params import Params, load_params
@@ -44,6 +44,7 @@ from pipeline.training.distributed import (
 from pipeline.training.freeze import ParameterCounts, count_parameters, format_parameter_table
 from pipeline.training.numerics import CANARY_ROWS, numerics_fingerprint
 from pipeline.training.resumable import CheckpointCallback, StepLog, load_final_weights, training_finished
+from pipeline.training.saving import save_finetuned
 from pipeline.training.trainer_setup import bf16_supported, peak_memory_gib
 from pipeline.training.validation import ValidationCallback, load_best_weights, patience_exhausted, validation_blocks
 
@@ -134,6 +135,17 @@ def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
+def check_converging(step_log: StepLog, params: Params) -> None:
+    """A loss that went NaN or infinite leaves NaN weights: refuse to save or log them as a model."""
+    step = step_log.first_non_finite_step()
+    if step is not None:
+        raise UserError(
+            f"training diverged: the loss was {step_log.losses[step - 1]} at step {step} of {len(step_log.losses)}, "
+            f"so the weights are not numbers and no model is saved or logged; lower train.learning_rate (now "
+            f"{params.train.learning_rate}) or train.max_grad_norm ({params.train.max_grad_norm}) and rerun"
+        )
+
+
 def validation_summary(step_log: StepLog, patience: int | None) -> dict[str, float]:
     """The last validation loss, and with early stopping the best one and its step (the weights saved)."""
     if not step_log.validation:
@@ -162,9 +174,11 @@ def method_tags(params: Params, prefix_cached: bool) -> dict[str, str]:
     return tags
 
 
-def fine_tune(args: argparse.Namespace, params: Params, run: StageRun) -> tuple[dict[str, float], ParameterCounts]:
-    """The stage's work in this process, given its MLflow run; rank 0 alone writes. Returns the summary and the
-    parameter counts."""
+def fine_tune(
+    args: argparse.Namespace, params: Params, run: StageRun
+) -> tuple[dict[str, float], ParameterCounts, CheckpointStore]:
+    """The stage's work in this process, given its MLflow run; rank 0 alone writes. Returns the summary, the
+    parameter counts and the checkpoints, which the caller discards once the run is recorded too."""
     set_seed(params.train.seed)
     splits = read_splits(args.tokenized, ("train", "validation") if params.train.eval_steps else ("train",))
     blocks = splits["train"]
@@ -174,6 +188,7 @@ def fine_tune(args: argparse.Namespace, params: Params, run: StageRun) -> tuple[
                                        params.train.eval_blocks)  # fmt: skip
     tokenizer = load_tokenizer(params.model.name_or_path)
     model = load_model(params.model.name_or_path)
+    pretrained_use_cache = model.config.use_cache  # the Trainer changes it (pipeline/training/saving.py)
     check_vocabulary(model, tokenizer, blocks)
     base_model = base_model_identity(params.model.name_or_path, model.config)
     prepared = prepare_model(model, params)
@@ -195,22 +210,20 @@ def fine_tune(args: argparse.Namespace, params: Params, run: StageRun) -> tuple[
     with store.claimed() if is_main_process() else nullcontext():
         prefix_cache = shared_path(args.prefix_cache)
         step_log, throughput = train(params, model, blocks, run, store, use_bf16, prefix_cache, validation)
+        check_converging(step_log, params)
         summary = {"train_loss": step_log.mean_loss(), "steps": len(step_log.losses)}
         summary |= validation_summary(step_log, params.train.early_stopping_patience)
         if not is_main_process():
-            return summary, counts
-        with atomic_dir(args.out) as staging:
-            prepared.model_to_save().save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
+            return summary, counts, store
+        save_finetuned(prepared.model_to_save(), tokenizer, args.out, pretrained_use_cache)
         write_curve(args.curve, step_log.curve(params.train.logging_steps))
         write_curve(args.validation_curve, [{"step": s, "validation_loss": v} for s, v in step_log.validation])
         write_curve(args.throughput, throughput)  # a timing: beside the outputs, not one of them
         write_json(args.metrics, {**summary, "parameters": counts.as_json()})
         run.log_metrics(summary | {"peak_memory_gib": peak_memory_gib()})  # a measurement: MLflow only
-        store.discard()  # the outputs are complete: nothing is left to resume
-    run.describe(describe(method_summary(params), counts.trainable, counts.total))
-    log_finetuned_model(run, args.out, params)
-    return summary, counts
+        run.describe(describe(method_summary(params), counts.trainable, counts.total))
+        log_finetuned_model(run, args.out, params)
+    return summary, counts, store
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,7 +254,11 @@ def main(argv: list[str] | None = None) -> None:
                 else nullcontext(UntrackedRun())
             )
             with tracking as run:
-                summary, counts = fine_tune(args, params, run)
+                summary, counts, store = fine_tune(args, params, run)
+            if is_main_process():
+                # Only now, with every output written, the model logged and the run ended: a kill or a failure
+                # before this point leaves the last checkpoint, so the rerun saves and logs without training.
+                store.discard()
         finally:
             end_process_group()
     if is_main_process():

@@ -96,3 +96,22 @@ def test_every_path_a_stage_writes_is_on_its_command_line():
             for entry in stage.get(kind) or ()
         ]
         assert all(f" {path}" in command for path in written), name
+
+
+def reads(stage: str, key: str) -> bool:
+    """Whether the stage's params deps cover the dotted `key` (a whole section, or the key itself)."""
+    return any(key == name or key.startswith(name + ".") for name in STAGES[stage]["params"])
+
+
+def test_the_folders_local_inputs_must_lie_in_are_the_deps_of_every_stage_that_reads_them():
+    from pipeline.input_paths import TRACKED_FOLDERS
+
+    readers = {"corpus": "data.train_file", "models": "model.name_or_path"}
+    for kind, key in readers.items():
+        stages = [stage for stage in STAGES if reads(stage, key)]
+        assert stages, key
+        for stage in stages:
+            assert TRACKED_FOLDERS[kind] in STAGES[stage]["deps"], (stage, kind)
+    # And no other local folder is tracked: a dep there would make the loader refuse what DVC tracks.
+    local_deps = {dep for stage in STAGES.values() for dep in stage["deps"] if dep.startswith("local/")}
+    assert local_deps == set(TRACKED_FOLDERS.values())

@@ -235,3 +235,26 @@ def test_under_lora_the_freeze_section_is_not_read_so_it_cannot_conflict(tmp_pat
         assert load_params(lora, **model_config).finetune.method == "lora"
     path = write_params(tmp_path, {**fits_tiny, "finetune.method": "lora", "lora.adapted_blocks": 3})
     assert "lora.adapted_blocks: 3 exceeds the model's n_layer (2)" in problems(path, **model_config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"train.learning_rate": float("inf")}, "train.learning_rate: must be a finite number, got inf"),
+        ({"train.learning_rate": float("nan")}, "train.learning_rate: must be a finite number, got nan"),
+        ({"lora.alpha": float("-inf")}, "lora.alpha: must be a finite number, got -inf"),
+        ({"data.split_fractions": [float("nan"), 0.5, 0.5]}, "data.split_fractions: must be a finite number"),
+        ({"tokenize.block_size": 1}, "tokenize.block_size: must be >= 2 (a block of 1 token has no next token"),
+        ({"evaluate.context": 1, "evaluate.stride": 1}, "evaluate.context: must be >= 2"),
+    ],
+)
+def test_non_finite_floats_and_one_token_blocks_are_refused(tmp_path, overrides, expected):
+    assert expected in problems(write_params(tmp_path, overrides))
+
+
+def test_yaml_inf_and_nan_are_refused_with_the_other_problems(tmp_path):
+    path = write_params(tmp_path, {"tokenize.block_size": 1})
+    path.write_text(path.read_text().replace("learning_rate: 5.0e-05", "learning_rate: .inf"))
+    message = problems(path)
+    assert "2 problem(s)" in message and "train.learning_rate: must be a finite number, got inf" in message
+    assert load_params(write_params(tmp_path, {"tokenize.block_size": 2})).tokenize.block_size == 2

@@ -48,3 +48,26 @@ def test_the_next_stage_fails_runs_whose_process_is_gone_and_their_groups(client
     tags = client.get_run(run.run_id).data.tags
     assert (tags["process.host"], tags["process.pid"]) == (host, str(os.getpid()))
     assert run.group_run_id not in {group for _, group in (dead, reused, alive, elsewhere)}
+
+
+def test_a_model_left_pending_by_a_killed_run_ends_failed_and_one_being_logged_stays(client, make_params):
+    from mlflow.entities import LoggedModelStatus
+
+    params = make_params()
+    experiment_id = client.create_experiment(params.mlflow.experiment)
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    now_ms = int(time.time() * 1000)
+    host = socket.gethostname()
+    killed_stage, _ = _left_running(client, experiment_id, finished.pid, host, now_ms)  # kill -9 while logging
+    live_stage, _ = _left_running(client, experiment_id, os.getpid(), host, now_ms)  # a parallel stage logging
+    orphan = client.create_logged_model(experiment_id, name="finetuned", source_run_id=killed_stage).model_id
+    logging_now = client.create_logged_model(experiment_id, name="finetuned", source_run_id=live_stage).model_id
+
+    with stage_run("train", params, ("train",)):
+        pass
+
+    failed = client.get_logged_model(orphan)
+    assert failed.status == LoggedModelStatus.FAILED
+    assert failed.tags["error"].startswith(f"stale: run {killed_stage} ended while logging this model")
+    assert client.get_logged_model(logging_now).status == LoggedModelStatus.PENDING

@@ -9,16 +9,19 @@ LoggedModel with that md5 links to it instead of logging the weights again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
+from pipeline.errors import UserError
 from pipeline.params import Params
 from pipeline.tracking.hashing import dvc_md5
 from pipeline.tracking.runs import StageRun
+from pipeline.tracking.store_lock import locked_store_as_user_error, wait_for_store
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +42,39 @@ def find_logged_model(run: StageRun, model_dir: Path) -> str | None:
     return next((model.model_id for model in found if model.status == LoggedModelStatus.READY), None)
 
 
+class ModelLoggingError(UserError):
+    """The model folder is written but could not be logged to MLflow; the train stage fails so that it reruns."""
+
+
 def log_finetuned_model(run: StageRun, model_dir: Path, params: Params) -> str | None:
     """Log `model_dir` (a save_pretrained folder) as a LoggedModel of the train run, or reuse the one with its md5;
-    either way the train and group runs list it among their outputs. None when `mlflow.log_model` is off."""
+    either way the train and group runs list it among their outputs. None when `mlflow.log_model` is off.
+
+    A failure is the stage's, not a log line: a stage that exits 0 without its model in MLflow (nor registered)
+    would never be rerun by DVC. The caller keeps its checkpoints until this returns, so the rerun only logs.
+    """
     if not params.mlflow.log_model:
         return None
-    try:
+    with _fatal(run, f"{model_dir} is written, but logging it to MLflow failed",
+                "its checkpoints are kept, so the rerun saves and logs the model without training again"):  # fmt: skip
         return _log_or_link(run, model_dir, params)
-    except Exception:  # bookkeeping: the stage's outputs are written and stay valid without it
-        logger.exception("Could not log %s to MLflow; the stage's outputs are unaffected", model_dir)
-        return None
+
+
+@contextmanager
+def _fatal(run: StageRun, failed: str, rerun: str) -> Iterator[None]:
+    """Wait for a busy store, then run the block; any failure in it is a `ModelLoggingError` paragraph."""
+    uri = run.client.tracking_uri
+    try:
+        with locked_store_as_user_error(uri):
+            wait_for_store(uri)
+            yield
+    except Exception as error:
+        logger.debug("%s", failed, exc_info=True)  # the traceback, for who asks for DEBUG
+        cause = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+        raise ModelLoggingError(
+            f"{failed}: {cause}. The stage fails so that `dvc repro` reruns it; {rerun} (or set mlflow.log_model: "
+            "false to keep the model in DVC only)"
+        ) from None
 
 
 def _log_or_link(run: StageRun, model_dir: Path, params: Params) -> str:
@@ -149,7 +175,8 @@ def record_evaluation(run: StageRun, model_dir: Path, params: Params, report: di
     run.describe(describe(summary, parameters["trainable"], parameters["total"], validation), group=True)
     if not params.mlflow.log_model:
         return
-    try:
+    with _fatal(run, f"the evaluation of {model_dir} is written, but recording it on its MLflow model failed",
+                "the rerun evaluates again and records it"):  # fmt: skip
         model_id = find_logged_model(run, model_dir)
         if model_id is None:
             logger.warning("No logged MLflow model has the md5 of %s (logged with log_model off?)", model_dir)
@@ -169,5 +196,3 @@ def record_evaluation(run: StageRun, model_dir: Path, params: Params, report: di
                 "pipeline.group_run_id": run.group_run_id,
             }
             register(run, model_id, params.mlflow.registered_model, tags)
-    except Exception:  # bookkeeping: the evaluation's outputs are written and stay valid without it
-        logger.exception("Could not record the evaluation on the MLflow model of %s", model_dir)

@@ -35,7 +35,15 @@ from mlflow.exceptions import MlflowException
 from pipeline.errors import UserError
 from pipeline.params import Params
 from pipeline.tracking.lineage import INPUT_TAG_PREFIX, git, group_key, input_tags, lineage_tags, redact
-from pipeline.tracking.stale_runs import fail_stale_runs, process_tags
+from pipeline.tracking.stale_runs import fail_stale_models, fail_stale_runs, process_tags
+from pipeline.tracking.store_lock import (
+    StoreLockedError,
+    is_locked,
+    locked_error,
+    locked_store_as_user_error,
+    store_wait_s,
+    wait_for_store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +146,8 @@ def stage_run(
     `system_metrics`, MLflow's CPU, memory (and GPU) samples while the stage runs. Any exception ends the stage run
     and the group run FAILED (KILLED for Ctrl-C or a non-zero `sys.exit`), with an `error` tag, and propagates.
     """
-    run = _open_runs(stage, params, reads, inputs)
+    with locked_store_as_user_error(tracking_uri()):
+        run = _open_runs(stage, params, reads, inputs)
     started = time.perf_counter()
     monitor = _start_system_metrics(run) if system_metrics else None
     try:
@@ -180,6 +189,7 @@ def _open_runs(stage: str, params: Params, reads: Sequence[str], inputs: Sequenc
     client = tracking_client(root)
     experiment_id = get_or_create_experiment(client, params.mlflow.experiment, root)
     fail_stale_runs(client, experiment_id)  # first, so a group that a killed stage left RUNNING is not joined
+    fail_stale_models(client, experiment_id)  # after: a model whose run was just failed is left PENDING no more
     group_run_id = _group_run_id(client, experiment_id, params, lineage, group_key(root, params, lineage))
     tags = {**lineage, **inputs_hashed, **process_tags(), "mlflow.parentRunId": group_run_id}
     run_id = client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id
@@ -223,6 +233,7 @@ def tracking_client(root: Path) -> MlflowClient:
         if logging.getLogger(name).getEffectiveLevel() == logging.INFO:  # a DEBUG asked for stays
             logging.getLogger(name).setLevel(logging.WARNING)
     uri = tracking_uri(root)
+    wait_for_store(uri)  # before MLflow's own 20 s wait, which ends in a traceback (pipeline/tracking/store_lock.py)
     if uri.startswith("sqlite:///"):
         return _open_sqlite_store(uri, Path(uri.removeprefix("sqlite:///")))
     return MlflowClient(tracking_uri=uri)
@@ -315,9 +326,17 @@ def _abnormal_status(error: BaseException) -> str | None:
 
 def _finish(run: StageRun, started: float, closes_group: bool) -> None:
     try:
+        wait_for_store(run.client.tracking_uri)
         run.log_metrics({"duration_s": time.perf_counter() - started})
         run.client.set_terminated(run.run_id, "FINISHED")
-    except BaseException:
+    except StoreLockedError as error:
+        _abort(run, started, "FAILED", error)
+        raise
+    except BaseException as error:
+        if is_locked(error):
+            locked = locked_error(run.client.tracking_uri, store_wait_s())
+            _abort(run, started, "FAILED", locked)
+            raise locked from None
         _terminate(run, "FAILED")  # a stage run must never be left RUNNING, even when MLflow itself fails
         raise
     if closes_group:
@@ -325,6 +344,10 @@ def _finish(run: StageRun, started: float, closes_group: bool) -> None:
 
 
 def _abort(run: StageRun, started: float, status: str, error: BaseException) -> None:
+    if isinstance(error, StoreLockedError):  # each write would wait 20 s more and fail the same way
+        logger.warning("MLflow runs %s and %s stay RUNNING (their store is locked); the next stage that starts "
+                       "marks them FAILED", run.run_id, run.group_run_id)  # fmt: skip
+        return
     message = redact(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
     try:
         run.client.set_tag(run.run_id, "error", message[:ERROR_TAG_CHARS])

@@ -6,7 +6,8 @@ When a stage starts, it looks in its experiment for RUNNING stage runs recorded 
 or whose pid now belongs to a process started after the run (pids are reused), and ends each FAILED with an
 `error` tag saying why, together with its group run, which the dead stage can no longer close either. Runs of live
 processes (a stage running in parallel) and runs recorded on another host, whose process cannot be checked from
-here, are left alone.
+here, are left alone. A LoggedModel left PENDING by a run that is no longer RUNNING (killed while logging the
+weights) ends FAILED too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 
 import psutil
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import LoggedModel, LoggedModelStatus, Run
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +79,34 @@ def _is_stale(run: Run) -> bool:
 def _fail(client: MlflowClient, run_id: str, reason: str) -> None:
     client.set_tag(run_id, "error", reason)
     client.set_terminated(run_id, "FAILED")
+
+
+def fail_stale_models(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End FAILED every LoggedModel of the experiment left PENDING by a run that is no longer RUNNING (its process
+    died while logging the weights: a live one finalizes it, READY or FAILED, before its run ends); return ids."""
+    stale = [
+        model for model in _logged_models(client, experiment_id)
+        if model.status == LoggedModelStatus.PENDING and model.source_run_id
+        and client.get_run(model.source_run_id).info.status != "RUNNING"
+    ]  # fmt: skip
+    for model in stale:
+        reason = (
+            f"stale: run {model.source_run_id} ended while logging this model (its process was killed); marked "
+            "FAILED when the next stage started"
+        )
+        client.set_logged_model_tags(model.model_id, {"error": reason})
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        logger.warning("MLflow model %s was left PENDING by run %s, which ended: marked FAILED",
+                       model.model_id, model.source_run_id)  # fmt: skip
+    return [model.model_id for model in stale]
+
+
+def _logged_models(client: MlflowClient, experiment_id: str) -> list[LoggedModel]:
+    """Every LoggedModel of the experiment, page by page (MLflow 3.17's filter on `status` matches none)."""
+    models, token = [], None
+    while True:
+        page = client.search_logged_models([experiment_id], max_results=1000, page_token=token)
+        models += list(page)
+        token = page.token
+        if not token:
+            return models

@@ -52,6 +52,10 @@ class StepLog:
         self.learning_rates.append(learning_rate)
         self._pending = None
 
+    def first_non_finite_step(self) -> int | None:
+        """The first step (1-based) whose loss is NaN or infinite: training diverged there; None if none did."""
+        return next((step for step, loss in enumerate(self.losses, 1) if not math.isfinite(loss)), None)
+
     def point(self, end: int, every: int) -> dict[str, float]:
         """Mean loss of the (up to) `every` steps ending at step `end`, and the learning rate of that step."""
         start = (end - 1) // every * every
