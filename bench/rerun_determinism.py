@@ -57,7 +57,7 @@ class Config:
 CONFIGS = (
     Config(
         "defaults (bf16 autocast, 4-block GPT-2)",
-        {"train.max_steps": 20, "train.checkpoint_steps": 5},
+        {"train.max_steps": 10, "train.checkpoint_steps": 5},
         model="gpt2-4block",
     ),
     Config("offline profile (fp32)", TINY_STEPS),
