@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipeline.offline.profile import OFFLINE_PROFILES
 from pipeline.reproduce.checks import check_lock, check_twice
 from pipeline.tracking.cli import configure_logging
 
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     modes = parser.add_subparsers(dest="mode", required=True)
     twice = modes.add_parser("twice", help="run twice from clean and compare")
     twice.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], help="key=value, as dvc")
-    twice.add_argument("--offline", action="store_true", help="on the generated offline model and corpus")
+    twice.add_argument("--profile", choices=OFFLINE_PROFILES, help="on the generated model and corpus, this profile")
+    twice.add_argument("--offline", dest="profile", action="store_const", const="offline", help="= --profile offline")
     lock = modes.add_parser("lock", help="rerun from clean and compare with the committed dvc.lock and metrics")
     lock.add_argument("--tolerance", type=float, default=0.0, help="absolute tolerance on metrics (default 0)")
     args = parser.parse_args(argv)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="reproduce-"))
     try:
         if args.mode == "twice":
-            text, ok = check_twice(repo, scratch, args.overrides, args.offline)
+            text, ok = check_twice(repo, scratch, args.overrides, args.profile)
         else:
             text, ok = check_lock(repo, scratch, args.tolerance)
     finally:
