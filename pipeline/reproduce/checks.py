@@ -129,7 +129,11 @@ def check_twice(repo: Path, scratch: Path, overrides: list[str], profile: str | 
     comparisons = compare_outputs(*(locked_outputs(workdir / "dvc.lock") for workdir in runs))
     metric_problems = compare_metrics(*(read_metrics(workdir) for workdir in runs), tolerance=0.0)
     ok = all(c.same for c in comparisons) and not metric_problems
-    return report(comparisons, metric_problems, ("run 1", "run 2")), ok
+    compared = (
+        f"Compared: the DVC md5 of each of the {len(comparisons)} stage outputs in dvc.lock (bitwise) and each of the "
+        f"{len(set().union(*(read_metrics(workdir) for workdir in runs)))} metrics of metrics/*.json (exactly)."
+    )
+    return compared + "\n" + report(comparisons, metric_problems, ("run 1", "run 2")), ok
 
 
 def check_lock(repo: Path, scratch: Path, tolerance: float) -> tuple[str, bool]:
