@@ -127,11 +127,12 @@ def check_twice(repo: Path, scratch: Path, overrides: list[str], profile: str | 
         shutil.copytree(runs[0] / LOCAL_INPUTS, runs[1] / LOCAL_INPUTS, dirs_exist_ok=True)
     run_pipeline(runs[1], overrides, profile, generate=False)
     comparisons = compare_outputs(*(locked_outputs(workdir / "dvc.lock") for workdir in runs))
-    metric_problems = compare_metrics(*(read_metrics(workdir) for workdir in runs), tolerance=0.0)
+    first, second = (read_metrics(workdir) for workdir in runs)
+    metric_problems = compare_metrics(first, second, tolerance=0.0)
     ok = all(c.same for c in comparisons) and not metric_problems
     compared = (
         f"Compared: the DVC md5 of each of the {len(comparisons)} stage outputs in dvc.lock (bitwise) and each of the "
-        f"{len(set().union(*(read_metrics(workdir) for workdir in runs)))} metrics of metrics/*.json (exactly)."
+        f"{len(first.keys() | second.keys())} metrics of metrics/*.json (exactly)."
     )
     return compared + "\n" + report(comparisons, metric_problems, ("run 1", "run 2")), ok
 
