@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 REFERENCE_DIR = Path("reference")
-DEFAULT_TOLERANCE = 1e-2
+DEFAULT_TOLERANCE = 2e-2
 """Relative tolerance on float metrics when the reference file names none: 5x the largest spread measured between
-this machine's run and an fp32, AVX2, one-thread run (docs/reproducibility.md)."""
+this machine's run and runs with one thread, fp32 and AVX2 kernels (docs/reproducibility.md)."""
 
 
 def reference_path(profile: str) -> Path:
