@@ -110,9 +110,12 @@ def test_pretrained_base_model_beats_a_fresh_one(tiny_model_dir, offline_corpus)
     assert base_loss < fresh_loss - 3, (base_loss, fresh_loss)
 
 
-def test_overrides_applied_by_dvc_pass_the_params_loader(tmp_path, monkeypatch, offline_corpus, tiny_model_dir):
+@pytest.mark.parametrize("profile_name", ["offline", "ci"])
+def test_overrides_applied_by_dvc_pass_the_params_loader(
+    tmp_path, monkeypatch, offline_corpus, tiny_model_dir, profile_name
+):
     # A repo root laid out as `python -m pipeline.offline` leaves it, with params.yaml set as `dvc exp run -S` does.
-    profile = load_profile(REPO_ROOT)
+    profile = load_profile(REPO_ROOT, profile_name)
     shutil.copytree(offline_corpus["train"].parent, tmp_path / profile.corpus_dir)
     shutil.copytree(tiny_model_dir, tmp_path / profile.model_dir)
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")

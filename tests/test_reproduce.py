@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.offline.profile import load_profile
 from pipeline.reproduce.checks import compare_metrics, locked_outputs
 
 pytestmark = pytest.mark.slow
@@ -29,18 +30,18 @@ def verdict_lines(output: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def twice_in_bf16(pipeline_repo_factory):
-    """`reproduce twice` on the offline profile in the default precision (bf16 autocast where the CPU has it), its
-    scratch clones kept: the first is an unbroken run that other tests compare with."""
+def twice_on_the_ci_profile(pipeline_repo_factory):
+    """`reproduce twice` on the ci profile, as CI runs it (the default precision, bf16 autocast where the CPU has it;
+    shorter than the offline profile), its scratch clones kept: the first is an unbroken run others compare with."""
     repo = pipeline_repo_factory("reproduce-ok")
-    result = reproduce(repo, "--keep", "twice", "--offline", "-S", "train.bf16=true")
+    result = reproduce(repo, "--keep", "twice", "--profile", "ci")
     kept = Path(re.search(r"scratch clones kept in (\S+)", result.stderr).group(1))
     yield result, kept / "run1"
     shutil.rmtree(kept, ignore_errors=True)
 
 
-def test_two_clean_runs_of_the_offline_pipeline_in_bf16_are_bitwise_identical(twice_in_bf16):
-    result, _ = twice_in_bf16
+def test_two_clean_runs_of_the_ci_profile_are_bitwise_identical(twice_on_the_ci_profile):
+    result, _ = twice_on_the_ci_profile
     assert result.returncode == 0, result.stdout + result.stderr
     verdicts = verdict_lines(result.stdout)
     for output in ("data/prepared", "data/tokenized", "models/finetuned", "metrics/eval.json", "plots/train_curve.csv"):
@@ -50,14 +51,14 @@ def test_two_clean_runs_of_the_offline_pipeline_in_bf16_are_bitwise_identical(tw
 
 
 def test_kill_9_of_dvc_repro_during_training_then_dvc_repro_ends_with_an_unbroken_runs_bytes(
-    pipeline_repo_factory, twice_in_bf16
+    pipeline_repo_factory, twice_on_the_ci_profile
 ):
     """The whole `dvc repro` process group killed at a random moment of the train stage (before, between or after
     its checkpoints, or while it writes its outputs), then `dvc repro`: every output hashes as in an unbroken run."""
-    _, unbroken = twice_in_bf16
+    _, unbroken = twice_on_the_ci_profile
     repo = pipeline_repo_factory("reproduce-killed")
-    repo.set_params({"train.bf16": True})
-    repo.commit("the default precision")
+    repo.set_params(load_profile(repo.root, "ci").overrides)
+    repo.commit("the ci profile")
     moment = random.uniform(0.0, 12.0)
     process = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo.root, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -83,7 +84,7 @@ def test_planted_nondeterminism_is_caught_and_located(pipeline_repo_factory):
         )
     )
     repo.commit("plant an unseeded shuffle")
-    result = reproduce(repo, "twice")
+    result = reproduce(repo, "twice", "--profile", "ci")
     assert result.returncode == 1
     verdicts = verdict_lines(result.stdout)
     assert verdicts["data/prepared"] == "same"

@@ -1,4 +1,5 @@
-"""profiles/offline.yaml, read as the `dvc exp run -S` overrides it stands for, and the folders it points at."""
+"""A profile on the generated corpus and tiny GPT-2 (profiles/offline.yaml, profiles/ci.yaml), read as the
+`dvc exp run -S` overrides it stands for, and the folders it points at."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from pathlib import Path
 
 from pipeline.params import hydra_overrides, read_overrides
 
-PROFILE = Path("profiles/offline.yaml")
+PROFILES = Path("profiles")
+PROFILE = PROFILES / "offline.yaml"
+OFFLINE_PROFILES = ("offline", "ci")
+"""Profiles that run on what `python -m pipeline.offline` generates: `offline` (fp32, the one to explore with) and
+`ci` (shorter, with the default's bf16, what CI runs several times per job)."""
 
 
 @dataclass(frozen=True)
@@ -29,5 +34,9 @@ class OfflineProfile:
         return [arg for override in hydra_overrides(self.overrides) for arg in ("-S", override)]
 
 
-def load_profile(root: Path = Path(".")) -> OfflineProfile:
-    return OfflineProfile(read_overrides(root / PROFILE))
+def profile_path(name: str = "offline") -> Path:
+    return PROFILES / f"{name}.yaml"
+
+
+def load_profile(root: Path = Path("."), name: str = "offline") -> OfflineProfile:
+    return OfflineProfile(read_overrides(root / profile_path(name)))
