@@ -42,7 +42,7 @@ from pipeline.training.distributed import (
     launched_by_torchrun,
 )
 from pipeline.training.freeze import ParameterCounts, count_parameters, format_parameter_table
-from pipeline.training.numerics import CANARY_ROWS, numerics_fingerprint
+from pipeline.training.numerics import numerics_fingerprint
 from pipeline.training.resumable import CheckpointCallback, StepLog, load_final_weights, training_finished
 from pipeline.training.saving import save_finetuned
 from pipeline.training.trainer_setup import bf16_supported, peak_memory_gib
@@ -199,7 +199,7 @@ def fine_tune(
     run.log_metrics({"global_batch_size": params.train.global_batch_size})  # batch_size x grad_accum x processes
     run.set_tags(method_tags(params, caches_prefix(params, prepared.layout)))
     use_bf16 = choose_precision(params, run)
-    numerics = numerics_fingerprint(model, blocks.with_format("torch")[:CANARY_ROWS]["input_ids"], use_bf16)
+    numerics = numerics_fingerprint(model, params.tokenize.block_size, use_bf16)
     log.info("numerics: %s", ", ".join(f"{name} {value}" for name, value in numerics.items()))
     run.set_tags({f"numerics.{name}": value for name, value in numerics.items()})
     validation_split = split_path(args.tokenized, "validation") if validation is not None else None

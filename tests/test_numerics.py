@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
+from pipeline.reproduce.numerics import numerics_verdict
 from pipeline.training.numerics import canary, machine_numerics, numerics_fingerprint
 
 CANARY_IN_A_FRESH_PROCESS = """
@@ -61,7 +62,15 @@ def test_bf16_canaries_agree_across_fresh_processes_and_tell_thread_counts_apart
 
 
 def test_the_fingerprint_names_what_picks_the_kernels(model):
-    fingerprint = numerics_fingerprint(model, torch.zeros(4, 8, dtype=torch.long), use_bf16=False)
+    fingerprint = numerics_fingerprint(model, block_size=8, use_bf16=False)
     assert fingerprint.keys() >= {"torch", "cpu_capability", "threads", "kernels", "canary"}
     assert fingerprint["threads"] == str(torch.get_num_threads())
     assert fingerprint.items() >= machine_numerics().items()
+
+
+def test_the_reproduce_verdict_tells_a_changed_machine_from_a_changed_pipeline():
+    first = {"threads": "2", "cpu_capability": "AVX512", "canary": "aaaa"}
+    assert numerics_verdict(first, dict(first)).startswith("numerics: the same in both runs (canary aaaa)")
+    changed = numerics_verdict(first, first | {"threads": "1", "canary": "bbbb"})
+    assert changed.startswith("numerics DIFFER (canary aaaa vs bbbb; threads 2 vs 1)")
+    assert "not recorded" in numerics_verdict(first, None)

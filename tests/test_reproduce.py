@@ -47,6 +47,7 @@ def test_two_clean_runs_of_the_ci_profile_are_bitwise_identical(twice_on_the_ci_
     for output in ("data/prepared", "data/tokenized", "models/finetuned", "metrics/eval.json", "plots/train_curve.csv"):
         assert verdicts[output] == "same"
     assert "metrics: all equal" in result.stdout
+    assert "numerics: the same in both runs" in result.stdout
     assert result.stdout.rstrip().endswith("REPRODUCED")
 
 
@@ -91,6 +92,7 @@ def test_planted_nondeterminism_is_caught_and_located(pipeline_repo_factory):
     assert verdicts["data/tokenized"] == "DIFFERS"
     assert verdicts["models/finetuned"] == "DIFFERS"
     assert "metric differs: eval.json:finetuned.validation.loss" in result.stdout
+    assert "numerics: the same in both runs" in result.stdout  # the pipeline's doing, not the machine's
     assert result.stdout.rstrip().endswith("NOT REPRODUCED")
 
 

@@ -15,6 +15,7 @@ from dvc.utils.hydra import apply_overrides
 from pipeline.data.files import flatten_metrics, read_json
 from pipeline.offline.profile import profile_path
 from pipeline.params import hydra_overrides
+from pipeline.reproduce.numerics import numerics_verdict, train_numerics
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ def check_twice(repo: Path, scratch: Path, overrides: list[str], profile: str | 
         f"Compared: the DVC md5 of each of the {len(comparisons)} stage outputs in dvc.lock (bitwise) and each of the "
         f"{len(first.keys() | second.keys())} metrics of metrics/*.json (exactly)."
     )
-    return compared + "\n" + report(comparisons, metric_problems, ("run 1", "run 2")), ok
+    numerics = numerics_verdict(*(train_numerics(workdir) for workdir in runs))
+    return "\n".join([compared, report(comparisons, metric_problems, ("run 1", "run 2")), numerics]), ok
 
 
 def check_lock(repo: Path, scratch: Path, tolerance: float) -> tuple[str, bool]:

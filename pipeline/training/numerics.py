@@ -7,7 +7,7 @@ shows within the first steps (docs/reproducibility.md measured 1e-6 on the loss 
 from the params, so the stage records it:
 
 - the versions, ISA and thread counts torch reports, and
-- a *canary*: the hash of the model's own loss and gradients on the first training rows, in the training
+- a *canary*: the hash of the model's own loss and gradients on two blocks of fixed token ids, in the training
   precision, before any weight moves. It runs the kernels and threads of a step, so two processes whose canaries
   differ compute differently whatever the reason, including one that no setting names.
 
@@ -25,7 +25,7 @@ from contextlib import nullcontext
 import torch
 
 CANARY_ROWS = 2
-"""Training blocks the canary scores: enough to run the step's GEMM shapes, a fraction of a step's cost."""
+"""Blocks the canary scores: enough to run a step's GEMM shapes, at a fraction of a step's cost."""
 
 
 def kernel_library_versions() -> str:
@@ -70,6 +70,14 @@ def canary(model: torch.nn.Module, input_ids: torch.Tensor, use_bf16: bool) -> s
     return digest.hexdigest()[:16]
 
 
-def numerics_fingerprint(model: torch.nn.Module, input_ids: torch.Tensor, use_bf16: bool) -> dict[str, str]:
-    """`machine_numerics()` and the canary on the first `CANARY_ROWS` rows of `input_ids`."""
-    return machine_numerics() | {"canary": canary(model, input_ids[:CANARY_ROWS], use_bf16)}
+def canary_input(vocab_size: int, block_size: int) -> torch.Tensor:
+    """`CANARY_ROWS` blocks of token ids from a fixed seed: the shapes of training, and the same ids whatever the
+    data, so the canary changes with the kernels and the model, not with a change to tokenization."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (CANARY_ROWS, block_size), generator=generator)
+
+
+def numerics_fingerprint(model: torch.nn.Module, block_size: int, use_bf16: bool) -> dict[str, str]:
+    """`machine_numerics()` and the canary on `canary_input` of `block_size` tokens."""
+    input_ids = canary_input(model.config.vocab_size, block_size)
+    return machine_numerics() | {"canary": canary(model, input_ids, use_bf16)}
