@@ -39,6 +39,8 @@ from pipeline.offline.tiny_model import write_tiny_model
 from pipeline.params import hydra_overrides
 from pipeline.reproduce.checks import fresh_clone
 
+PROJECT_ROOT = Path(__file__).parents[1]
+"""The checkout this module is in (its dvc.yaml)."""
 GPT2_4BLOCK = Path("local/models/gpt2-4block")
 NOT_LOGGED = {"mlflow.log_model": False, "mlflow.registered_model": None}
 """Each run would otherwise log its model to MLflow: time and disk that say nothing about the bytes."""

@@ -155,3 +155,22 @@ def test_gpu_sized_settings_train_full_context_blocks_and_a_failing_setting_is_r
     text = train_bench.format_report(report)
     assert "| MFU |" in text and "datasheet peak, 1 TFLOP/s" in text
     assert f"Failed here: {broken.name}: `" in text
+
+
+def test_rerun_determinism_runs_dvc_yamls_train_command_with_its_own_paths_and_hashes_only_outputs(tmp_path):
+    from bench.rerun_determinism import PROJECT_ROOT, result_hash, stage_command
+
+    command = stage_command(PROJECT_ROOT, "train", tmp_path / "p.yaml", {"finetuned": "runs/0/model"})
+    assert command[1:3] == ["-m", "pipeline.train"] and command[-2:] == ["--params", str(tmp_path / "p.yaml")]
+    assert command[command.index("--out") + 1] == "runs/0/model"
+    assert command[command.index("--checkpoints") + 1] == "checkpoints"  # dvc.yaml's own where not replaced
+
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "weights").write_bytes(b"a")
+    (tmp_path / "run" / "throughput.csv").write_text("step,tokens_per_s\n10,5\n")
+    first = result_hash(tmp_path / "run")
+    (tmp_path / "run" / "throughput.csv").write_text("step,tokens_per_s\n10,6\n")  # a timing: not a result
+    (tmp_path / "run" / "checkpoints").mkdir()
+    assert result_hash(tmp_path / "run") == first
+    (tmp_path / "run" / "model" / "weights").write_bytes(b"b")
+    assert result_hash(tmp_path / "run") != first
