@@ -1,8 +1,11 @@
-"""Hostile and broken inputs, through the real stage commands in subprocesses: each must exit 2 with a short message
-naming the file or param, show no traceback, and leave the outputs of an earlier good run exactly as they were."""
+"""Hostile and broken inputs, through the real stages' `main` with dvc.yaml's arguments: each must exit 2 with a
+short message naming the file or param, show no traceback, and leave the outputs of an earlier good run exactly as
+they were."""
 
+import importlib
 import json
 import shutil
+import subprocess
 from collections import namedtuple
 from pathlib import Path
 
@@ -71,17 +74,34 @@ def repo(pipeline_repo_factory, tiny_model_dir):
     return repo
 
 
-def run_stage(repo, stage: str, params: dict | None = None, raw_params: str | None = None, **options):
-    """Run `stage` from dvc.yaml with params.yaml changed for this run only."""
-    original = (repo.root / "params.yaml").read_text()
-    try:
-        if params:
-            repo.set_params(params)
-        if raw_params is not None:
-            (repo.root / "params.yaml").write_text(raw_params)
-        return repo.run(*repo.stage_argv(stage, **options), check=False)
-    finally:
-        (repo.root / "params.yaml").write_text(original)
+@pytest.fixture
+def run_stage(repo, monkeypatch, capsys):
+    """`run_stage(stage, params, raw_params, **options)`: the stage's `main` with dvc.yaml's arguments, in this
+    process, from the repo's root, with params.yaml changed for this run only; its exit code and stderr. In-process
+    because a refused input costs a stage nothing but its interpreter's start-up, which the end-to-end tests pay."""
+    monkeypatch.chdir(repo.root)
+    for name in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)  # the repo's own store and git, as under `dvc repro` there
+
+    def run(stage: str, params: dict | None = None, raw_params: str | None = None, **options):
+        argv = repo.stage_argv(stage, **options)
+        original = (repo.root / "params.yaml").read_text()
+        capsys.readouterr()
+        try:
+            if params:
+                repo.set_params(params)
+            if raw_params is not None:
+                (repo.root / "params.yaml").write_text(raw_params)
+            importlib.import_module(argv[2]).main(argv[3:])
+            code = 0
+        except SystemExit as exited:
+            code = exited.code
+        finally:
+            (repo.root / "params.yaml").write_text(original)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+    return run
 
 
 CASES = {
@@ -189,7 +209,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_hostile_input_gets_a_short_message_exit_2_and_earlier_outputs_stay(repo, case):
+def test_hostile_input_gets_a_short_message_exit_2_and_earlier_outputs_stay(repo, run_stage, case):
     stage, change, expected = CASES[case]
     before = outputs(repo)
     raw_params = change.get("raw_params")
@@ -204,7 +224,7 @@ def test_hostile_input_gets_a_short_message_exit_2_and_earlier_outputs_stay(repo
             group, key = dotted.split(".")
             raw[group][key] = value
         raw_params, params = yaml.safe_dump(raw, sort_keys=False), None
-    result = run_stage(repo, stage, params, raw_params, **change.get("options", {}))
+    result = run_stage(stage, params, raw_params, **change.get("options", {}))
 
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -217,11 +237,11 @@ def test_hostile_input_gets_a_short_message_exit_2_and_earlier_outputs_stay(repo
     print(f"{case}: {error.split(' ERROR ', 1)[1].strip()}")
 
 
-def test_a_split_shorter_than_one_block_stops_tokenize(repo):
+def test_a_split_shorter_than_one_block_stops_tokenize(repo, run_stage):
     before = outputs(repo)
     short = {"data.max_validation_lines": 1}
-    run_stage(repo, "prepare", short, out="scratch/prepared", metrics="scratch/prepare.json")
-    result = run_stage(repo, "tokenize", short, prepared="scratch/prepared")
+    assert run_stage("prepare", short, out="scratch/prepared", metrics="scratch/prepare.json").returncode == 0
+    result = run_stage("tokenize", short, prepared="scratch/prepared")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "split 'validation' has" in result.stderr
     assert "fewer than one block of tokenize.block_size=64" in result.stderr

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PipelineRepo
 
 from pipeline.offline.profile import load_profile
+from pipeline.reproduce import checks
 from pipeline.reproduce.checks import compare_metrics, locked_outputs
 
 pytestmark = pytest.mark.slow
@@ -96,22 +98,32 @@ def test_planted_nondeterminism_is_caught_and_located(pipeline_repo_factory):
     assert result.stdout.rstrip().endswith("NOT REPRODUCED")
 
 
-def test_lock_mode_accepts_a_faithful_commit_and_rejects_a_doctored_one(pipeline_repo_factory):
-    repo = pipeline_repo_factory("reproduce-lock")
-    repo.dvc("repro")
-    repo.commit("results of the offline profile")  # dvc.lock, metrics/ and the loss curve, as a user would
-    faithful = reproduce(repo, "lock")
+def test_lock_mode_accepts_a_faithful_commit_and_rejects_a_doctored_one(twice_on_the_ci_profile, git, monkeypatch):
+    """On the kept first run of `twice`: its results committed, as a user would, then checked against a fresh run;
+    then a doctored metric committed, which the comparison must reject (the fresh run's results are the first
+    run's own, copied in: the same bytes a rerun gives, as the faithful check has just shown)."""
+    _, run = twice_on_the_ci_profile
+    git(run, "add", "-A")
+    git(run, "commit", "-qm", "results of the ci profile")  # dvc.lock, metrics/ and the curves, params.yaml
+    faithful = reproduce(PipelineRepo(run), "lock")
     assert faithful.returncode == 0, faithful.stdout + faithful.stderr
     assert set(verdict_lines(faithful.stdout).values()) == {"same"}
 
-    report_path = repo.root / "metrics" / "eval.json"
+    true_results = {path: path.read_bytes() for path in [run / "dvc.lock", *(run / "metrics").glob("*.json")]}
+    report_path = run / "metrics" / "eval.json"
     report = json.loads(report_path.read_text())
     report["finetuned"]["test"]["loss"] += 0.01
     report_path.write_text(json.dumps(report, indent=2) + "\n")
-    repo.commit("claim a better test loss than the code gives")
-    doctored = reproduce(repo, "lock", "--tolerance", "0.001")
-    assert doctored.returncode == 1
-    assert "metric differs: eval.json:finetuned.test.loss" in doctored.stdout
+    git(run, "commit", "-qam", "claim a better test loss than the code gives")
+
+    def rerun(workdir, overrides, profile, generate=True):
+        for path, content in true_results.items():
+            (workdir / path.relative_to(run)).write_bytes(content)
+
+    monkeypatch.setattr(checks, "run_pipeline", rerun)
+    text, ok = checks.check_lock(run, run.parent / "doctored", tolerance=0.001)
+    assert not ok
+    assert "metric differs: eval.json:finetuned.test.loss" in text
 
 
 def test_metric_comparison_respects_the_tolerance():
