@@ -107,7 +107,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def flatten_metrics(nested: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """`{"test": {"loss": 3.1}}` -> `{"test.loss": 3.1}`: metrics files nest, MLflow keys are flat."""
+    """`{"test": {"loss": 3.1}}` -> `{"test.loss": 3.1}`: metrics files nest, MLflow keys are flat. Any other value
+    (a list, a string) is kept as it is."""
     flat: dict[str, float] = {}
     for key, value in nested.items():
         if isinstance(value, dict):

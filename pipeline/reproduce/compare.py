@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.data.files import flatten_metrics
 from pipeline.offline.profile import profile_path
 from pipeline.reproduce.checks import fresh_clone, git_output, read_metrics, run_pipeline
 
@@ -29,15 +30,9 @@ class RevisionRun:
     params: dict[str, object] = field(default_factory=dict)
 
 
-def flatten_params(params: dict, prefix: str = "") -> dict[str, object]:
+def flatten_params(params: dict) -> dict[str, object]:
     """params.yaml as dotted keys; lists stay values (`samples.prompts`), as `dvc params diff` shows them."""
-    flat: dict[str, object] = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(flatten_params(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return flatten_metrics(params)  # the same nesting rule as metrics files'
 
 
 def run_revision(repo: Path, scratch: Path, rev: str, label: str, profile: str) -> RevisionRun:
