@@ -1,5 +1,7 @@
 """The numerics fingerprint: what decides training's last bits, and the canary that shows when kernels differ."""
 
+import os
+import re
 import subprocess
 import sys
 
@@ -7,6 +9,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
+from pipeline import MKL_REPRODUCIBLE
 from pipeline.reproduce.numerics import numerics_verdict
 from pipeline.training.numerics import canary, machine_numerics, numerics_fingerprint
 
@@ -74,3 +77,19 @@ def test_the_reproduce_verdict_tells_a_changed_machine_from_a_changed_pipeline()
     changed = numerics_verdict(first, first | {"threads": "1", "canary": "bbbb"})
     assert changed.startswith("numerics DIFFER (canary aaaa vs bbbb; threads 2 vs 1)")
     assert "not recorded" in numerics_verdict(first, None)
+
+
+def test_importing_the_package_puts_mkl_in_its_reproducible_mode_and_an_explicit_setting_wins():
+    """MKL reads MKL_DYNAMIC once, when torch loads it: a stage's `import pipeline...` must come first and set it."""
+    gemm = "import pipeline.train, torch; torch.ones(64, 64) @ torch.ones(64, 64)"
+    clean = {name: value for name, value in os.environ.items() if name not in MKL_REPRODUCIBLE}
+
+    def mkl_mode(**settings: str) -> str:
+        env = clean | {"MKL_VERBOSE": "1"} | settings
+        out = subprocess.run([sys.executable, "-c", gemm], env=env, check=True, capture_output=True, text=True).stdout
+        if "MKL_VERBOSE" not in out:
+            pytest.skip("this torch build computes fp32 GEMMs without MKL")
+        return re.search(r"CNR:\S+ Dyn:\d", out).group(0)
+
+    assert mkl_mode() == "CNR:AUTO,STRICT Dyn:0"
+    assert mkl_mode(MKL_CBWR="COMPATIBLE") == "CNR:COMPATIBLE Dyn:0"

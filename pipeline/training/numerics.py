@@ -19,10 +19,13 @@ ends with an unbroken run's bytes for the machine it runs on) and into the train
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from contextlib import nullcontext
 
 import torch
+
+from pipeline import MKL_REPRODUCIBLE
 
 CANARY_ROWS = 2
 """Blocks the canary scores: enough to run a step's GEMM shapes, at a fraction of a step's cost."""
@@ -41,6 +44,7 @@ def machine_numerics() -> dict[str, str]:
         "avx512_bf16": str(torch.cpu._is_avx512_bf16_supported()),
         "amx": str(torch.cpu._is_amx_tile_supported()),
         "threads": str(torch.get_num_threads()),
+        "mkl": " ".join(f"{name}={os.environ.get(name, 'unset')}" for name in MKL_REPRODUCIBLE),
         "kernels": kernel_library_versions(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
     }
