@@ -7,6 +7,11 @@ import tempfile
 # of retries) and nothing a developer has cached may leak in. Set before transformers is imported, which reads them.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf-home-")
+# Under pytest-xdist a worker runs per core: one torch thread each keeps the cores from being oversubscribed, where
+# torch's threads would spin waiting on each other (docs/performance.md). Comparisons within the suite are between
+# runs with the same thread count either way; an explicit OMP_NUM_THREADS wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import shlex
 import shutil
