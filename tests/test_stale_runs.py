@@ -22,18 +22,24 @@ def _left_running(client, experiment_id, pid: int, host: str, started_ms: int) -
     return stage, group
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has ended and been reaped: what a stage killed with SIGKILL leaves in its tags."""
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    return finished.pid
+
+
 def test_the_next_stage_fails_runs_whose_process_is_gone_and_their_groups(client, make_params):
     params = make_params()
     experiment_id = client.create_experiment(params.mlflow.experiment)
-    finished = subprocess.Popen(["true"])
-    finished.wait()
+    dead_pid = _dead_pid()
     now_ms = int(time.time() * 1000)
     this_process_started_ms = int(psutil.Process().create_time() * 1000)
     host = socket.gethostname()
-    dead = _left_running(client, experiment_id, finished.pid, host, now_ms)
+    dead = _left_running(client, experiment_id, dead_pid, host, now_ms)
     reused = _left_running(client, experiment_id, os.getpid(), host, this_process_started_ms - 60_000)
     alive = _left_running(client, experiment_id, os.getpid(), host, now_ms)
-    elsewhere = _left_running(client, experiment_id, finished.pid, "another-host", now_ms)
+    elsewhere = _left_running(client, experiment_id, dead_pid, "another-host", now_ms)
 
     with stage_run("train", params, ("train",)) as run:
         pass
@@ -55,11 +61,10 @@ def test_a_model_left_pending_by_a_killed_run_ends_failed_and_one_being_logged_s
 
     params = make_params()
     experiment_id = client.create_experiment(params.mlflow.experiment)
-    finished = subprocess.Popen(["true"])
-    finished.wait()
+    dead_pid = _dead_pid()
     now_ms = int(time.time() * 1000)
     host = socket.gethostname()
-    killed_stage, _ = _left_running(client, experiment_id, finished.pid, host, now_ms)  # kill -9 while logging
+    killed_stage, _ = _left_running(client, experiment_id, dead_pid, host, now_ms)  # kill -9 while logging
     live_stage, _ = _left_running(client, experiment_id, os.getpid(), host, now_ms)  # a parallel stage logging
     orphan = client.create_logged_model(experiment_id, name="finetuned", source_run_id=killed_stage).model_id
     logging_now = client.create_logged_model(experiment_id, name="finetuned", source_run_id=live_stage).model_id
