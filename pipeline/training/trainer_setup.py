@@ -24,7 +24,7 @@ from pipeline.training.distributed import backend
 log = logging.getLogger(__name__)
 
 EAGER_ATTENTION_UP_TO = 512
-"""Block size past which `train.attention: eager` draws a warning (see its docstring in pipeline/params.py)."""
+"""Block size past which `train.attention: eager` draws a warning (see its docstring in pipeline/params/training.py)."""
 
 
 def bf16_supported() -> bool:
