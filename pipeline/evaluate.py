@@ -4,7 +4,8 @@ dvc.yaml runs this module twice. `--model base` scores the pretrained model befo
 `evaluate_base`: it depends only on the model and the data, so DVC caches it across train-param changes).
 `--model <folder>` scores the fine-tuned model and reports it beside the base numbers, with the gain, and writes
 fixed-prompt continuations of both models side by side (`--samples`). It is the last stage, so it also puts the
-final metrics and parameter counts on the pipeline's MLflow group run, and its scores on the logged model.
+final metrics, parameter counts and the harness stage's lm-eval scores (`--harness-metrics`) on the pipeline's
+MLflow group run, and its scores on the logged model.
 Both score windows of `evaluate.context` tokens sliding by `evaluate.stride` over each split's whole stream
 (pipeline/evaluation/lm_metrics.py) and record that protocol beside the scores: numbers are comparable only
 under the same one (docs/evaluation.md).
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-metrics", type=Path, help="the base model's scores (fine-tuned evaluation only)")
     parser.add_argument("--train-metrics", type=Path, help="train's metrics, for the group run (fine-tuned only)")
     parser.add_argument("--samples", type=Path, help="Markdown of base vs fine-tuned continuations (fine-tuned only)")
+    parser.add_argument("--harness-metrics", type=Path, help="the harness stage's scores, for the runs (fine-tuned)")
     args = parser.parse_args(argv)
     is_base = args.model == BASE_MODEL
     if not is_base and not (args.base_metrics and args.train_metrics and args.samples):
@@ -104,9 +106,11 @@ def main(argv: list[str] | None = None) -> None:
                 report = {"finetuned": scores, "base": base, "gain": gain(base, scores), "protocol": protocol(params)}
                 trained = read_json(args.train_metrics)
                 counts = {key: value for key, value in trained["parameters"].items() if key != "modules"}
+                harness = harness_metrics(args.harness_metrics) if args.harness_metrics else {}
                 run.log_group_metrics(
-                    flatten_metrics({**scored(report), "params": counts, "train_loss": trained["train_loss"]})
+                    flatten_metrics({**scored(report), "params": counts, "train_loss": trained["train_loss"]}) | harness
                 )
+                run.log_metrics(harness)
                 samples = side_by_side(
                     load_model(params.model.name_or_path),
                     model,
@@ -121,6 +125,14 @@ def main(argv: list[str] | None = None) -> None:
             if not is_base:
                 record_evaluation(run, Path(args.model), params, scored(report), trained["parameters"])
         print(summary_table(report if not is_base else {"base": report, "protocol": report["protocol"]}))
+
+
+def harness_metrics(path: Path) -> dict[str, float]:
+    """metrics/harness.json's numbers as `harness.*` MLflow metrics: this stage closes the group run, so the
+    lm-eval scores reach it here (the harness stage runs before, and reads no file this one writes)."""
+    report = read_json(path)
+    flat = flatten_metrics({key: report[key] for key in ("retention", "retention_mean", "finetuned", "difference")})
+    return {f"harness.{key}": value for key, value in flat.items() if isinstance(value, int | float)}
 
 
 def scored(report: dict[str, dict]) -> dict[str, dict]:

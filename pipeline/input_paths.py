@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-TRACKED_FOLDERS = {"corpus": "local/corpus", "models": "local/models"}
-"""The dvc.yaml dependency that holds each kind of local input: text (prepare) and model folders (the others)."""
+TRACKED_FOLDERS = {"corpus": "local/corpus", "models": "local/models", "tasks": "local/tasks"}
+"""The dvc.yaml dependency that holds each kind of local input: text (prepare), model folders (the others) and
+lm-eval task definitions with their data (the harness stages)."""
 
 
 def is_local_path(name: str) -> bool:

@@ -53,6 +53,14 @@ def tiny_model_dir(tmp_path_factory, offline_corpus) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("offline") / "tiny-gpt2", [offline_corpus["train"]])
 
 
+@pytest.fixture(scope="session")
+def offline_tasks(tmp_path_factory, offline_corpus) -> Path:
+    """Folder of the offline lm-eval tasks (pipeline/offline/tasks.py): YAMLs naming their data by absolute path."""
+    from pipeline.offline.tasks import write_tasks
+
+    return write_tasks(tmp_path_factory.mktemp("offline") / "tasks", offline_corpus["test"])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Whole-pipeline runs. A throwaway copy of the project (code, dvc.yaml, params.yaml) in its own git repo, switched
 # to the offline profile, where tests run the real `dvc repro` and read dvc.lock, metrics/ and mlruns/.
@@ -71,6 +79,7 @@ PROJECT_FILES = (
     "local/README.md",
     "local/corpus/.gitkeep",
     "local/models/.gitkeep",
+    "local/tasks/.gitkeep",
     "mlruns/.gitkeep",
 )
 # Fixed identity: CI machines may have none, and commits in the copies should not depend on the developer's.
@@ -141,9 +150,11 @@ class PipelineRepo:
 
 @pytest.fixture(scope="session")
 def pipeline_repo_factory(tmp_path_factory, offline_corpus, tiny_model_dir):
-    """Make a fresh offline-profile copy of the project, committed, with the session's tiny model and corpus
-    versioned by DVC (their .dvc files committed), as `python -m pipeline.offline` leaves them."""
+    """Make a fresh offline-profile copy of the project, committed, with the session's tiny model and corpus and
+    the lm-eval tasks over them versioned by DVC (their .dvc files committed), as `python -m pipeline.offline`
+    leaves them."""
     from pipeline.offline.profile import load_profile
+    from pipeline.offline.tasks import write_tasks
 
     profile = load_profile(REPO)
 
@@ -158,10 +169,13 @@ def pipeline_repo_factory(tmp_path_factory, offline_corpus, tiny_model_dir):
                 shutil.copy2(source, target)
         shutil.copytree(offline_corpus["train"].parent, root / profile.corpus_dir)
         shutil.copytree(tiny_model_dir, root / profile.model_dir)
+        test_text = root / profile.corpus_dir / "test.txt"
+        write_tasks(root / profile.task_dir, test_text, data_dir=profile.task_dir.as_posix())  # paths from the root
         repo = PipelineRepo(root)
         repo.set_params(profile.overrides)
         repo.run("git", "init", "-q")
-        repo.dvc("add", "--quiet", str(profile.corpus_dir), str(profile.model_dir))  # as `python -m pipeline.offline`
+        folders = (profile.corpus_dir, profile.model_dir, profile.task_dir)
+        repo.dvc("add", "--quiet", *map(str, folders))  # as `python -m pipeline.offline`
         repo.commit("offline profile")
         return repo
 

@@ -106,7 +106,7 @@ def reads(stage: str, key: str) -> bool:
 def test_the_folders_local_inputs_must_lie_in_are_the_deps_of_every_stage_that_reads_them():
     from pipeline.input_paths import TRACKED_FOLDERS
 
-    readers = {"corpus": "data.train_file", "models": "model.name_or_path"}
+    readers = {"corpus": "data.train_file", "models": "model.name_or_path", "tasks": "harness.task_dir"}
     for kind, key in readers.items():
         stages = [stage for stage in STAGES if reads(stage, key)]
         assert stages, key

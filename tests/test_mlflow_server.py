@@ -21,7 +21,7 @@ from pipeline.tracking.runs import stage_run
 
 pytestmark = pytest.mark.slow
 
-STAGES = {"prepare", "tokenize", "train", "evaluate_base", "evaluate"}
+STAGES = {"prepare", "tokenize", "train", "evaluate_base", "harness_base", "harness", "evaluate"}
 # What reaches the server does not depend on how well the model trains: a short run keeps the test quick.
 QUICK = {"train.max_steps": 20, "train.eval_steps": None, "evaluate.stride": 64}
 STARTUP_S = 180  # database migrations and worker start-up, on two busy cores: a cap, not a wait

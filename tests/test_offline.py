@@ -154,9 +154,11 @@ def test_main_writes_under_root_versions_with_dvc_and_runs_the_printed_command(t
     assert built["out_dir"] == tmp_path / profile.model_dir
     assert built["corpus_files"] == [tmp_path / profile.corpus_dir / "train.txt"]
     assert all((tmp_path / profile.corpus_dir / f"{split}.txt").is_file() for split in ("train", "test"))
+    assert (tmp_path / profile.task_dir / "offline_wikitext.yaml").is_file()
     (add, add_cwd), (run, run_cwd) = commands
-    assert add[1:4] == ["-m", "dvc", "add"] and add[-2:] == [str(profile.corpus_dir), str(profile.model_dir)]
+    folders = [str(profile.corpus_dir), str(profile.model_dir), str(profile.task_dir)]
+    assert add[1:4] == ["-m", "dvc", "add"] and add[-3:] == folders
     assert run[:3] == ["dvc", "exp", "run"] and add_cwd == run_cwd == tmp_path
     out = capsys.readouterr().out
-    assert f"git add {profile.corpus_dir}.dvc {profile.model_dir}.dvc" in out
+    assert f"git add {profile.corpus_dir}.dvc {profile.model_dir}.dvc {profile.task_dir}.dvc" in out
     assert "-S data.train_file=local/corpus/offline/train.txt" in out

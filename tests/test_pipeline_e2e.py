@@ -12,7 +12,7 @@ from transformers import GPT2LMHeadModel
 from pipeline.tracking.hashing import dvc_md5
 from pipeline.training.freeze import count_parameters
 
-STAGES = {"prepare", "tokenize", "train", "evaluate_base", "evaluate"}
+STAGES = {"prepare", "tokenize", "train", "evaluate_base", "harness_base", "harness", "evaluate"}
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +72,22 @@ def test_metrics_show_counts_and_a_gain_over_the_base_model(first_run):
         assert report["finetuned"][split]["tokens"] == report["base"][split]["tokens"] == tokenized[split]["tokens"] - 1
 
 
+def test_harness_scores_base_and_fine_tuned_on_the_local_tasks(first_run):
+    repo, _ = first_run
+    harness, base = repo.metrics("harness"), repo.metrics("harness_base")
+    settings = repo.params["harness"]
+    assert set(harness["retention"]) == set(settings["retention_tasks"])
+    assert harness["base"] == base["scores"] and harness["lm_eval"] == base["lm_eval"]
+    for task in settings["target_tasks"] + settings["retention_tasks"]:
+        for metric, value in harness["finetuned"][task].items():
+            assert harness["difference"][task][metric] == pytest.approx(value - harness["base"][task][metric])
+    for task in settings["retention_tasks"]:
+        assert harness["retention"][task] == harness["difference"][task]["acc"]
+        assert harness["examples"][task] == settings["limit"]
+    # fine-tuned on the offline corpus, the model scores its test pages better in lm-eval's units too
+    assert harness["difference"]["offline_wikitext"]["bits_per_byte"] < 0
+
+
 def test_mlflow_groups_the_stage_runs_under_one_finished_run(first_run):
     repo, _ = first_run
     client = MlflowClient(tracking_uri=f"sqlite:///{repo.root}/mlruns/mlflow.db")
@@ -88,6 +104,11 @@ def test_mlflow_groups_the_stage_runs_under_one_finished_run(first_run):
     assert group.data.metrics["finetuned.validation.loss"] == pytest.approx(report["finetuned"]["validation"]["loss"])
     assert group.data.metrics["base.test.perplexity"] == pytest.approx(report["base"]["test"]["perplexity"])
     assert group.data.metrics["params.trainable"] == trained["parameters"]["trainable"]
+    harness = repo.metrics("harness")
+    assert group.data.metrics["harness.retention_mean"] == pytest.approx(harness["retention_mean"])
+    assert group.data.metrics["harness.finetuned.offline_wikitext.word_perplexity"] == pytest.approx(
+        harness["finetuned"]["offline_wikitext"]["word_perplexity"]
+    )
     children = {run.data.tags["mlflow.runName"]: run for run in runs if run is not group}
     assert set(children) == STAGES
     assert all(run.info.status == "FINISHED" for run in children.values())
@@ -120,12 +141,13 @@ def test_dvc_exp_show_leads_with_the_fine_tuned_scores_and_trainable_parameters(
     metrics = header[header.index("parent") + 1 :]
     assert metrics[:4] == [f"finetuned.validation.{name}" for name in ("perplexity", "accuracy", "loss", "tokens")]
     assert metrics.index("parameters.trainable") < metrics.index("train.lines")  # train.json before prepare.json
+    assert metrics.index("retention_mean") < metrics.index("parameters.trainable")  # harness.json after eval.json
 
 
-def test_changing_a_train_param_reruns_only_train_and_evaluate_then_nothing(first_run):
+def test_changing_a_train_param_reruns_only_train_and_what_scores_it_then_nothing(first_run):
     repo, _ = first_run
     repo.set_params({"train.seed": repo.params["train"]["seed"] + 1})
-    assert ran_stages(repo.dvc("repro")) == {"train", "evaluate"}
+    assert ran_stages(repo.dvc("repro")) == {"train", "harness", "evaluate"}
     again = repo.dvc("repro")
     assert ran_stages(again) == set()
     assert json.loads(repo.dvc("status", "--json")) == {}
@@ -147,7 +169,7 @@ def test_changing_the_eval_protocol_reruns_only_evaluation_and_disjoint_windows_
 def test_method_lora_reruns_train_and_evaluate_and_saves_a_plain_gpt2_that_gains(first_run):
     repo, _ = first_run
     repo.set_params({"finetune.method": "lora", "lora.rank": 4})
-    assert ran_stages(repo.dvc("repro")) == {"train", "evaluate"}
+    assert ran_stages(repo.dvc("repro")) == {"train", "harness", "evaluate"}
     counts = repo.metrics("train")["parameters"]
     # The tiny GPT-2 (n_embd 64, 4 blocks): rank 4 on all four matrices adds 4 x 16 x 64 per block.
     assert counts["trainable"] == 4 * 4 * 16 * 64

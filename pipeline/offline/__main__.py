@@ -1,5 +1,6 @@
-"""`python -m pipeline.offline [--run]`: write the offline corpus and tiny GPT-2 and version them with `dvc add`,
-then (with --run) run the pipeline on them with `dvc exp run`, applying profiles/offline.yaml as `-S` overrides."""
+"""`python -m pipeline.offline [--run]`: write the offline corpus, tiny GPT-2 and lm-eval tasks, version them with
+`dvc add`, then (with --run) run the pipeline on them with `dvc exp run`, applying profiles/offline.yaml as `-S`
+overrides."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from pipeline.offline.corpus import write_corpus
 from pipeline.offline.profile import load_profile
+from pipeline.offline.tasks import write_tasks
 from pipeline.offline.tiny_model import write_tiny_model
 from pipeline.tracking.cli import configure_logging
 
@@ -38,9 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     for split, path in corpus.items():
         log.info("%s: %s words in %s", split, f"{len(path.read_text(encoding='utf-8').split()):,}", path)
     write_tiny_model(args.root / profile.model_dir, [corpus["train"]], args.seed)
-    dvc_files = dvc_add(args.root, [profile.corpus_dir, profile.model_dir])
+    write_tasks(args.root / profile.task_dir, corpus["test"], args.seed, data_dir=profile.task_dir.as_posix())
+    dvc_files = dvc_add(args.root, [profile.corpus_dir, profile.model_dir, profile.task_dir])
     command = ["dvc", "exp", "run", *profile.set_param_args()]
-    print(f"Offline corpus in {args.root / profile.corpus_dir}, tiny GPT-2 in {args.root / profile.model_dir}.")
+    print(
+        f"Offline corpus in {args.root / profile.corpus_dir}, tiny GPT-2 in {args.root / profile.model_dir}, "
+        f"lm-eval tasks in {args.root / profile.task_dir}."
+    )
     print(f"Versioned by DVC; commit their .dvc files (queued experiments need them):\n  git add {' '.join(dvc_files)}")
     print(f"Run the pipeline on them (from {args.root}):\n  {shlex.join(command)}")
     if args.run:

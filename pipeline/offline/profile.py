@@ -29,6 +29,11 @@ class OfflineProfile:
     def model_dir(self) -> Path:
         return Path(str(self.overrides["model.name_or_path"]))
 
+    @property
+    def task_dir(self) -> Path:
+        """Where the lm-eval tasks over generated files go (pipeline/offline/tasks.py): `harness.task_dir`."""
+        return Path(str(self.overrides["harness.task_dir"]))
+
     def set_param_args(self) -> list[str]:
         """`dvc exp run` arguments that apply the profile: `-S key=value` for each key."""
         return [arg for override in hydra_overrides(self.overrides) for arg in ("-S", override)]

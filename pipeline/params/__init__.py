@@ -1,7 +1,7 @@
 """The one typed loader for params.yaml.
 
-Every section of params.yaml is a frozen dataclass (sections.py: data, model, tokenize, evaluate, samples, mlflow;
-training.py: finetune, freeze, lora, train); every field says what it does and why its default is what it is.
+Every section of params.yaml is a frozen dataclass (sections.py: data, model, tokenize, evaluate, samples, mlflow,
+harness; training.py: finetune, freeze, lora, train); every field says what it does and why its default is what it is.
 Loading (loading.py) collects *every* problem: unknown or missing keys and wrong types (schema.py), out-of-range
 values and, when asked, conflicts with the model's config (checks.py), and raises one `ParamsError` listing them
 all, so a user fixes params.yaml once.
@@ -15,6 +15,7 @@ from pipeline.params.sections import (
     SPLITS,
     DataParams,
     EvaluateParams,
+    HarnessParams,
     ModelParams,
     SamplesParams,
     TokenizeParams,
@@ -37,6 +38,7 @@ __all__ = [
     "EvaluateParams",
     "FinetuneParams",
     "FreezeParams",
+    "HarnessParams",
     "LoraParams",
     "LoraTarget",
     "ModelParams",

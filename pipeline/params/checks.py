@@ -10,13 +10,18 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.input_paths import is_local_path, untracked_path_issue
 from pipeline.params.schema import Params
-from pipeline.params.sections import SPLITS, DataParams
+from pipeline.params.sections import SPLITS, DataParams, HarnessParams
 from pipeline.params.training import LORA_TARGETS, LoraParams
 
 
 def value_issues(params: Params) -> list[str]:
     """Every problem with the values of well-typed params, whatever the model."""
-    return _non_finite_issues(params) + _range_issues(params) + _untracked_input_issues(params)
+    return (
+        _non_finite_issues(params)
+        + _range_issues(params)
+        + _untracked_input_issues(params)
+        + _harness_issues(params.harness)
+    )
 
 
 def model_config_issues(params: Params, load_model_config: Callable[[str], Any]) -> list[str]:
@@ -166,3 +171,17 @@ def _data_source_issues(data: DataParams) -> list[str]:
         if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
             return [f"data.split_fractions: three positive train/validation/test shares summing to 1, got {fractions}"]
     return []
+
+
+def _harness_issues(harness: HarnessParams) -> list[str]:
+    issues = [f"harness.{key}: must be > 0, got {value}" for key, value in (("batch_size", harness.batch_size),
+              ("limit", harness.limit)) if value is not None and value <= 0]  # fmt: skip
+    tasks = harness.target_tasks + harness.retention_tasks
+    if not tasks:
+        issues.append("harness: name at least one task in target_tasks or retention_tasks")
+    repeated = sorted({task for task in tasks if tasks.count(task) > 1})
+    if repeated:
+        issues.append(f"harness: each task once across target_tasks and retention_tasks; repeated: {repeated}")
+    if harness.task_dir is not None:
+        issues.append(untracked_path_issue("harness.task_dir", harness.task_dir, "tasks"))
+    return [issue for issue in issues if issue is not None]

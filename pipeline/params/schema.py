@@ -17,6 +17,7 @@ from pipeline.errors import UserError
 from pipeline.params.sections import (
     DataParams,
     EvaluateParams,
+    HarnessParams,
     ModelParams,
     SamplesParams,
     TokenizeParams,
@@ -41,6 +42,7 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     samples: SamplesParams
+    harness: HarnessParams
 
     @classmethod
     def defaults(cls) -> Params:

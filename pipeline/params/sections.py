@@ -95,3 +95,23 @@ class SamplesParams:
     spacing (" ,") so the prompts look like the text the model was tuned on."""
     max_new_tokens: int = 30
     """Tokens generated per prompt, greedily (no sampling: reruns write the same file); a sentence or two."""
+
+
+@dataclass(frozen=True)
+class HarnessParams:
+    target_tasks: list[str] = dataclasses.field(default_factory=lambda: ["wikitext"])
+    """lm-evaluation-harness tasks in the fine-tuning domain, scored as lm-eval scores them (word perplexity, bits
+    per byte): `wikitext` is Wikitext-2's test pages, the numbers papers quote (docs/evaluation.md)."""
+    retention_tasks: list[str] = dataclasses.field(default_factory=lambda: ["lambada_openai", "arc_easy", "piqa"])
+    """lm-eval tasks outside the target domain, each reporting accuracy (`acc`): how much of what the base model
+    knew fine-tuning kept. Chosen for a GPT-2-sized model by signal over chance and cost (docs/evaluation.md):
+    LAMBADA (one forward per example, GPT-2 small far above chance), ARC-Easy and PIQA (4 and 2 short choices);
+    HellaSwag is left out: GPT-2 small sits a few points above chance there, at 4 long choices per example."""
+    limit: int | None = 1000
+    """Examples per task (the first N of its split; null: all). 1,000 puts the standard error of an accuracy near
+    1.5 points at a fifth of the default tasks' full cost; Wikitext's 62 test pages are all scored either way."""
+    batch_size: int = 8
+    """Requests per forward pass in lm-eval's model wrapper; memory, not results, depends on it."""
+    task_dir: str | None = None
+    """A folder of lm-eval task YAMLs (and their data) searched before lm-eval's own tasks, under local/tasks/ so
+    DVC tracks it; null: lm-eval's tasks only. The offline profile's tasks, over local generated files, live there."""
