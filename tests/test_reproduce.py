@@ -130,3 +130,11 @@ def test_metric_comparison_respects_the_tolerance():
     assert compare_metrics({"a": 1.0}, {"a": 1.0005}, tolerance=0.001) == []
     assert compare_metrics({"a": 1.0}, {"a": 1.0005}, tolerance=0.0) == ["a: 1.0 vs 1.0005 (|diff| > 0.0)"]
     assert compare_metrics({"a": 1.0}, {}, tolerance=0.0) == ["a: only in the first run"]
+
+
+def test_metrics_that_are_not_numbers_must_be_equal():
+    # metrics/harness.json holds lm-eval's version, harness_base.json the task lists it was scored on
+    version, tasks = {"v": "0.4.13"}, {"t": ["wikitext", "piqa"]}
+    assert compare_metrics(version | tasks, version | tasks, tolerance=0.0) == []
+    assert compare_metrics(version, {"v": "0.4.14"}, tolerance=1.0) == ["v: '0.4.13' vs '0.4.14'"]
+    assert compare_metrics(tasks, {"t": ["wikitext"]}, tolerance=1.0) == ["t: ['wikitext', 'piqa'] vs ['wikitext']"]

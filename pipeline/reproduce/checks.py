@@ -97,11 +97,15 @@ def read_metrics(workdir: Path) -> dict[str, float]:
 
 
 def compare_metrics(expected: dict[str, float], actual: dict[str, float], tolerance: float) -> list[str]:
-    """Lines describing each metric that is missing on one side or differs by more than `tolerance`."""
+    """Lines describing each metric that is missing on one side or differs by more than `tolerance`; what is not a
+    number (lm-eval's version, a task list) must be equal."""
     problems = []
     for key in sorted(expected.keys() | actual.keys()):
         if key not in expected or key not in actual:
             problems.append(f"{key}: only in {'the second' if key in actual else 'the first'} run")
+        elif not all(isinstance(value, int | float) for value in (expected[key], actual[key])):
+            if expected[key] != actual[key]:
+                problems.append(f"{key}: {expected[key]!r} vs {actual[key]!r}")
         elif abs(expected[key] - actual[key]) > tolerance:
             problems.append(f"{key}: {expected[key]!r} vs {actual[key]!r} (|diff| > {tolerance})")
     return problems
