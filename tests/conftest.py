@@ -37,6 +37,33 @@ def tiny_config() -> GPT2Config:
     return GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0)
 
 
+# Each supported family at the tiny config's size (d=32, 2 blocks, vocab 100; 4 heads of 8, 2 key/value heads in the
+# Llama family, MLP 64 wide), counted by hand in tests/test_layout.py. Untied, as the families' own defaults are.
+TINY_FAMILY_CONFIGS = {
+    "gpt2": {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64},
+    "llama": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 64},
+    "gpt_neox": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64,
+                 "max_position_embeddings": 64},
+}  # fmt: skip
+TINY_FAMILY_CONFIGS |= dict.fromkeys(("mistral", "qwen2", "qwen3"), TINY_FAMILY_CONFIGS["llama"])
+
+
+@pytest.fixture
+def tiny_lm():
+    """`tiny_lm(model_type, **config)`: a random-weights causal LM of any supported model_type (seed 0)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    def make(model_type: str, **config):
+        special = {"vocab_size": 100, "bos_token_id": 0, "eos_token_id": 0}
+        settings = {**special, **TINY_FAMILY_CONFIGS[model_type], **config}
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **settings))
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def offline_corpus(tmp_path_factory) -> dict[str, Path]:
     """Split name -> generated Wikitext-shaped text file (`train`, `validation`, `test`), default sizes and seed."""

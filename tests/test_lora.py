@@ -20,7 +20,7 @@ from pipeline.training.trainee import WholeModelTrainee
 # Worked out by hand for the tiny config (n_embd d=32, n_inner 4d=128, n_layer 2); tests/test_freeze.py has the base.
 # An adapter on a fan-in x fan-out matrix holds rank x (fan-in + fan-out): A is rank x fan-in, B fan-out x rank.
 TINY_TOTAL = 30_720  # the pretrained model, tied head counted once
-PER_RANK = {"attn.c_attn": 32 + 96, "attn.c_proj": 32 + 32, "mlp.c_fc": 32 + 128, "mlp.c_proj": 128 + 32}
+PER_RANK = {"attn_qkv": 32 + 96, "attn_out": 32 + 32, "mlp_in": 32 + 128, "mlp_out": 128 + 32}  # GPT-2's matrices
 TINY_PER_RANK_BLOCK = 128 + 64 + 160 + 160  # 512 = 16 d: all four matrices of one block, per unit of rank
 
 # GPT-2 small (d=768): all four matrices, per rank and block, 768+2304 + 768+768 + 768+3072 + 3072+768 = 12,288.
@@ -52,8 +52,8 @@ def tiny_model(tiny_config, seed: int = 0) -> GPT2LMHeadModel:
     [
         (4, LORA_TARGETS, None, 4 * 2 * TINY_PER_RANK_BLOCK),  # 4,096: every matrix of both blocks
         (4, LORA_TARGETS, 1, 4 * TINY_PER_RANK_BLOCK),  # 2,048: the last block only
-        (2, ["attn.c_attn"], None, 2 * 2 * (32 + 96)),  # 512: q, k, v's fused matrix of both blocks
-        (3, ["attn.c_proj", "mlp.c_proj"], 1, 3 * (64 + 160)),  # 672: both c_proj, told apart by their path
+        (2, ["attn_qkv"], None, 2 * 2 * (32 + 96)),  # 512: q, k, v's fused matrix (c_attn) of both blocks
+        (3, ["attn_out", "mlp_out"], 1, 3 * (64 + 160)),  # 672: both c_proj, told apart by their path
     ],
 )
 def test_counts_on_tiny_config_match_hand_worked_numbers(tiny_config, rank, targets, adapted_blocks, trainable):
@@ -75,7 +75,7 @@ def test_counts_on_real_gpt2_small_shapes_and_the_rank_that_matches_one_unfrozen
     assert per_rank == GPT2_PER_RANK == 147_456
     rank = rank_for_budget(GPT2_BLOCK, per_rank)
     assert rank == 48  # 7,087,872 / 147,456 = 48.07
-    assert lora_params_per_rank(config, ["attn.c_attn"], 1) == 3_072  # 768 + 2,304
+    assert lora_params_per_rank(config, ["attn_qkv"], 1) == 3_072  # 768 + 2,304
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
     prepare_model(model, lora_params(rank=rank))
@@ -92,7 +92,8 @@ def test_only_the_adapters_train_and_frozen_weights_get_no_gradient(tiny_config)
     model = tiny_model(tiny_config)
     prepared = prepare_model(model, lora_params(rank=4, adapted_blocks=1))
     backward_once(model)
-    adapters = {f"transformer.h.1.{target}.lora_{m}.default.weight" for target in LORA_TARGETS for m in ("A", "B")}
+    matrices = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # GPT-2's, for the four roles
+    adapters = {f"transformer.h.1.{target}.lora_{m}.default.weight" for target in matrices for m in ("A", "B")}
     assert {name for name, p in model.named_parameters() if p.requires_grad} == adapters
     for name, parameter in model.named_parameters():
         assert (parameter.grad is not None) == (name in adapters), name
@@ -107,7 +108,7 @@ def test_the_table_says_what_lora_trains(tiny_config):
     prepared = prepare_model(model, lora_params(rank=4))
     table = format_parameter_table(count_parameters(model), prepared.description)
     assert "trainable 4,096 of 34,816 (11.76%), frozen 30,720; method lora: rank 4 adapters" in table
-    assert "of blocks 0-1" in table and "tied head and input embedding included, stays frozen" in table
+    assert "of blocks 0-1" in table and "the head and input embedding included, stays frozen" in table
 
 
 class CloseSteps(TrainerCallback):

@@ -139,7 +139,7 @@ def test_main_writes_under_root_versions_with_dvc_and_runs_the_printed_command(t
     monkeypatch.setattr(
         offline_command,
         "write_tiny_model",
-        lambda out_dir, corpus_files, seed: built.update(out_dir=out_dir, corpus_files=corpus_files),
+        lambda out_dir, corpus_files, seed, family: built.update(out_dir=out_dir, files=corpus_files, family=family),
     )
     monkeypatch.setattr(
         subprocess,
@@ -151,8 +151,8 @@ def test_main_writes_under_root_versions_with_dvc_and_runs_the_printed_command(t
         offline_command.main(["--root", str(tmp_path), "--run"])
 
     assert exit_info.value.code == 3  # the pipeline's own exit status
-    assert built["out_dir"] == tmp_path / profile.model_dir
-    assert built["corpus_files"] == [tmp_path / profile.corpus_dir / "train.txt"]
+    assert built["out_dir"] == tmp_path / profile.model_dir and built["family"] == "gpt2"
+    assert built["files"] == [tmp_path / profile.corpus_dir / "train.txt"]
     assert all((tmp_path / profile.corpus_dir / f"{split}.txt").is_file() for split in ("train", "test"))
     assert (tmp_path / profile.task_dir / "offline_wikitext.yaml").is_file()
     (add, add_cwd), (run, run_cwd) = commands

@@ -190,20 +190,20 @@ def test_method_defaults_to_freeze_and_lora_to_every_matrix_of_every_block():
     assert params.finetune.method == "freeze"
     lora = params.lora
     assert (lora.rank, lora.alpha, lora.dropout, lora.adapted_blocks) == (8, 16.0, 0.1, None)
-    assert lora.target_modules == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+    assert lora.target_modules == ["attn_qkv", "attn_out", "mlp_in", "mlp_out"]
 
 
 def test_bad_lora_params_are_refused_at_once_each_named(tmp_path):
     bad = {
         "finetune.method": "lora", "lora.rank": 0, "lora.alpha": -1.0, "lora.dropout": 1.0,
-        "lora.target_modules": ["attn.c_attn", "attn.c_attn"], "lora.adapted_blocks": 0,
+        "lora.target_modules": ["attn_qkv", "attn_qkv"], "lora.adapted_blocks": 0,
     }  # fmt: skip
     message = problems(write_params(tmp_path, bad))
     assert "5 problem(s)" in message
     assert "lora.rank: must be > 0, got 0" in message
     assert "lora.alpha: must be > 0, got -1.0" in message
     assert "lora.dropout: must be in [0, 1), got 1.0" in message
-    assert "lora.target_modules: one or more of attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, each once" in message
+    assert "lora.target_modules: one or more of attn_qkv, attn_out, mlp_in, mlp_out, each once" in message
     assert "lora.adapted_blocks: must be > 0 or null (every block), got 0" in message
 
 
@@ -211,7 +211,7 @@ def test_bad_lora_params_are_refused_at_once_each_named(tmp_path):
     ("overrides", "expected"),
     [
         ({"finetune.method": "adapters"}, "finetune.method: expected one of 'freeze', 'lora', 'full', got 'adapters'"),
-        ({"lora.target_modules": ["c_proj"]}, "lora.target_modules: expected a list of one of 'attn.c_attn'"),
+        ({"lora.target_modules": ["attn.c_attn"]}, "lora.target_modules: expected a list of one of 'attn_qkv'"),
         ({"lora.target_modules": []}, "lora.target_modules: one or more of"),
         ({"lora.rank": 4.0}, "lora.rank: expected int, got 4.0"),
         ({"lora.lr": 1.0}, "lora.lr: unknown key"),

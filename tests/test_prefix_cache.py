@@ -116,3 +116,37 @@ def test_trainer_on_the_cached_prefix_ends_with_the_same_weights(tiny_config, tm
     Trainer(model=tail, args=args, train_dataset=dataset).train()
     for (name, expected), actual in zip(whole.state_dict().items(), tailed.state_dict().values(), strict=True):
         assert torch.equal(expected, actual), name
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config"),
+    [
+        ("llama", {}),
+        ("llama", {"tie_word_embeddings": True}),  # SmolLM2's and Llama-3.2-1B's tied head
+        ("mistral", {"sliding_window": 4}),  # a sliding-window mask
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),  # per-layer masks
+        ("qwen3", {}),  # q and k norms
+        ("gpt_neox", {"hidden_dropout": 0.3, "attention_dropout": 0.3}),  # rotary on a quarter of each head
+    ],
+)
+@pytest.mark.parametrize("head", ["untied", "frozen"])
+def test_cached_and_uncached_paths_agree_on_every_family(tiny_lm, model_type, config, head):
+    """Bitwise: the tail's blocks get the rotary cos/sin, masks and positions the model's own forward gives them."""
+    model = tiny_lm(model_type, num_hidden_layers=3, **config)
+    apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=True, head=head))
+    model.train()
+    input_ids = torch.randint(0, 100, (6, 16), generator=torch.Generator().manual_seed(1))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(7)
+    uncached = WholeModelTrainee(model).train()(input_ids=input_ids, labels=input_ids).loss
+    uncached.backward()
+    uncached_grads = [p.grad.clone() for p in trainable]
+    model.zero_grad(set_to_none=True)
+
+    prefix = compute_prefix(model, input_ids, prefix_blocks=2, batch_size=4, bf16=False)
+    torch.manual_seed(7)
+    cached = FrozenPrefixTail(model, prefix_blocks=2).train()(prefix_hidden_states=prefix, labels=input_ids).loss
+    cached.backward()
+    assert cached.item() == uncached.item()
+    for parameter, expected in zip(trainable, uncached_grads, strict=True):
+        assert torch.equal(parameter.grad, expected)

@@ -98,7 +98,7 @@ def score_stream(
         scored = positions >= torch.tensor([w.length - w.scored for w in batch], device=device)[:, None]
         targets = following[scored]
         with autocast:
-            hidden = body(input_ids=inputs).last_hidden_state[scored]
+            hidden = body(input_ids=inputs, use_cache=False).last_hidden_state[scored]
             for row in range(0, len(hidden), HEAD_CHUNK_ROWS):
                 scores.update(head(hidden[row : row + HEAD_CHUNK_ROWS]), targets[row : row + HEAD_CHUNK_ROWS])
     return scores

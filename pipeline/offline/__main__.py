@@ -1,6 +1,6 @@
-"""`python -m pipeline.offline [--run]`: write the offline corpus, tiny GPT-2 and lm-eval tasks, version them with
-`dvc add`, then (with --run) run the pipeline on them with `dvc exp run`, applying profiles/offline.yaml as `-S`
-overrides."""
+"""`python -m pipeline.offline [--profile NAME] [--run]`: write the offline corpus, the profile's tiny model and lm-eval
+tasks, version them with `dvc add`, then (with --run) run the pipeline on them with `dvc exp run`, applying
+profiles/NAME.yaml (offline: a tiny GPT-2; offline-llama: a tiny Llama) as `-S` overrides."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from pipeline.offline.corpus import write_corpus
 from pipeline.offline.profile import load_profile
 from pipeline.offline.tasks import write_tasks
-from pipeline.offline.tiny_model import write_tiny_model
-from pipeline.tracking.cli import configure_logging
+from pipeline.offline.tiny_model import family_of_folder, write_tiny_model
+from pipeline.tracking.cli import configure_logging, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="repo root, where dvc.yaml and local/ are")
     parser.add_argument("--run", action="store_true", help="then run the pipeline on them with `dvc exp run`")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus, tokenizer and model")
+    parser.add_argument("--profile", default="offline", help="profiles/<name>.yaml: its model folder and overrides")
     args = parser.parse_args(argv)
     configure_logging()
-    profile = load_profile(args.root)
+    with exit_on_user_error():
+        profile = load_profile(args.root, args.profile)
+        family = family_of_folder(profile.model_dir)
     corpus = write_corpus(args.root / profile.corpus_dir, args.seed)
     for split, path in corpus.items():
         log.info("%s: %s words in %s", split, f"{len(path.read_text(encoding='utf-8').split()):,}", path)
-    write_tiny_model(args.root / profile.model_dir, [corpus["train"]], args.seed)
+    write_tiny_model(args.root / profile.model_dir, [corpus["train"]], args.seed, family=family)
     write_tasks(args.root / profile.task_dir, corpus["test"], args.seed, data_dir=profile.task_dir.as_posix())
     dvc_files = dvc_add(args.root, [profile.corpus_dir, profile.model_dir, profile.task_dir])
     command = ["dvc", "exp", "run", *profile.set_param_args()]
     print(
-        f"Offline corpus in {args.root / profile.corpus_dir}, tiny GPT-2 in {args.root / profile.model_dir}, "
+        f"Offline corpus in {args.root / profile.corpus_dir}, tiny {family} in {args.root / profile.model_dir}, "
         f"lm-eval tasks in {args.root / profile.task_dir}."
     )
     print(f"Versioned by DVC; commit their .dvc files (queued experiments need them):\n  git add {' '.join(dvc_files)}")

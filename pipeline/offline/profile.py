@@ -1,4 +1,4 @@
-"""A profile on the generated corpus and tiny GPT-2 (profiles/offline.yaml, profiles/ci.yaml), read as the
+"""A profile on the generated corpus and a tiny model (profiles/offline.yaml, ci.yaml, offline-llama.yaml), read as the
 `dvc exp run -S` overrides it stands for, and the folders it points at."""
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from pipeline.params import hydra_overrides, read_overrides
 
 PROFILES = Path("profiles")
 PROFILE = PROFILES / "offline.yaml"
-OFFLINE_PROFILES = ("offline", "ci")
-"""Profiles that run on what `python -m pipeline.offline` generates: `offline` (fp32, the one to explore with) and
-`ci` (shorter, with the default's bf16, what CI runs several times per job)."""
+OFFLINE_PROFILES = ("offline", "ci", "offline-llama")
+"""Profiles that run on what `python -m pipeline.offline` generates: `offline` (fp32, the one to explore with),
+`ci` (shorter, with the default's bf16, what CI runs several times per job), both on the tiny GPT-2, and
+`offline-llama`, the offline profile on a tiny Llama (`python -m pipeline.offline --profile offline-llama`)."""
+DEFAULT_MODEL_PROFILES = ("offline", "ci")
+"""Profiles whose model `python -m pipeline.offline` writes without `--profile` (every revision's generator does)."""
 
 
 @dataclass(frozen=True)

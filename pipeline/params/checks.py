@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.input_paths import is_local_path, untracked_path_issue
+from pipeline.params.families import context_length, depth, family_of, unsupported_model_issue
 from pipeline.params.schema import Params
 from pipeline.params.sections import SPLITS, DataParams, HarnessParams
 from pipeline.params.training import LORA_TARGETS, LoraParams
@@ -33,24 +34,34 @@ def model_config_issues(params: Params, load_model_config: Callable[[str], Any])
 
 
 def model_issues(params: Params, config: Any) -> list[str]:
-    """Problems that only the model's config can reveal (its context length and depth)."""
+    """Problems that only the model's config can reveal: a family without a known layout, then its context length
+    and depth, each under the field name its family uses."""
+    if family_of(config) is None:
+        return [unsupported_model_issue(config)]
     issues = []
-    if params.tokenize.block_size > config.n_positions:
+    context_field, context = context_length(config)
+    # GPT-2's positions are a learned table; rotary models compute any position but never trained past this one.
+    past_it = (
+        "positions past it have no embedding"
+        if context_field == "n_positions"
+        else "it never trained on positions past it"
+    )
+    if params.tokenize.block_size > context:
         issues.append(
-            f"tokenize.block_size: {params.tokenize.block_size} exceeds the model's n_positions "
-            f"({config.n_positions}); positions past it have no embedding"
+            f"tokenize.block_size: {params.tokenize.block_size} exceeds the model's {context_field} "
+            f"({context}); {past_it}"
         )
-    if params.evaluate.context > config.n_positions:
+    if params.evaluate.context > context:
         issues.append(
-            f"evaluate.context: {params.evaluate.context} exceeds the model's n_positions ({config.n_positions}); "
-            "positions past it have no embedding"
+            f"evaluate.context: {params.evaluate.context} exceeds the model's {context_field} ({context}); {past_it}"
         )
+    depth_field, blocks = depth(config)
     adapted = params.lora.adapted_blocks
-    if params.finetune.method == "lora" and adapted is not None and adapted > config.n_layer:
-        issues.append(f"lora.adapted_blocks: {adapted} exceeds the model's n_layer ({config.n_layer})")
-    if params.finetune.method == "freeze" and params.freeze.trainable_blocks > config.n_layer:
+    if params.finetune.method == "lora" and adapted is not None and adapted > blocks:
+        issues.append(f"lora.adapted_blocks: {adapted} exceeds the model's {depth_field} ({blocks})")
+    if params.finetune.method == "freeze" and params.freeze.trainable_blocks > blocks:
         issues.append(
-            f"freeze.trainable_blocks: {params.freeze.trainable_blocks} exceeds the model's n_layer ({config.n_layer})"
+            f"freeze.trainable_blocks: {params.freeze.trainable_blocks} exceeds the model's {depth_field} ({blocks})"
         )
     return issues
 

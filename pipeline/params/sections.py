@@ -67,15 +67,17 @@ class ModelParams:
 @dataclass(frozen=True)
 class TokenizeParams:
     block_size: int = 128
-    """Tokens per training block. 128 keeps a CPU step short; must not exceed the model's `n_positions` (1024)."""
+    """Tokens per training block. 128 keeps a CPU step short; must not exceed the model's context
+    (GPT-2's `n_positions`, 1024; `max_position_embeddings` in the Llama family and GPT-NeoX)."""
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
     context: int = 1024
     """Tokens fed per eval window, cut from each split's whole token stream (not the training blocks). GPT-2's full
-    1,024 positions, as published perplexities use (docs/evaluation.md); at most the model's `n_positions`, and
-    no more than it was trained on: a longer window than the model learned scores worse, not better."""
+    1,024 positions, as published perplexities use (docs/evaluation.md); at most the model's context (`n_positions` or
+    `max_position_embeddings`), and no more than it was trained on: a longer window than the model learned scores
+    worse, not better."""
     stride: int = 512
     """New tokens scored per window (every token but the first is scored once); each has at least `context - stride`
     tokens of context. 512 is HF's "Perplexity of fixed-length models" setting and costs about twice as much as

@@ -12,11 +12,11 @@ from typing import Literal
 @dataclass(frozen=True)
 class FinetuneParams:
     method: Literal["freeze", "lora", "full"] = "freeze"
-    """`freeze` (the original script's method) trains the parts of GPT-2 the `freeze` section names; `lora` keeps
-    the whole pretrained model frozen, head and tied embedding included, and trains low-rank adapters (the `lora`
+    """`freeze` (the original script's method) trains the parts of the model the `freeze` section names; `lora` keeps
+    the whole pretrained model frozen, head and input embedding included, and trains low-rank adapters (the `lora`
     section), merged into the weights they adapt for the saved model; `full` trains every parameter, the position
-    embedding too (the reference point a freezing study measures against). With `lora` or `full` the `freeze`
-    section is not read."""
+    embedding too where the family has one (the reference point a freezing study measures against). With `lora` or
+    `full` the `freeze` section is not read."""
 
 
 @dataclass(frozen=True)
@@ -24,15 +24,21 @@ class FreezeParams:
     trainable_blocks: int = 1
     """How many of the last transformer blocks train; the original script trained only the last one."""
     train_ln_f: bool = False
-    """Whether the final LayerNorm trains; off, as in the original script (45,685,248 trainable on GPT-2 small)."""
+    """Whether the final norm trains (GPT-2's `ln_f`, the Llama family's RMSNorm `norm`, GPT-NeoX's
+    `final_layer_norm`); off, as in the original script (45,685,248 trainable on GPT-2 small)."""
     head: Literal["tied", "untied", "frozen"] = "tied"
-    """GPT-2 ties `lm_head` to the input embedding `wte`. `tied` (the original script) trains both, so gradients
-    flow back through every frozen block; `untied` trains a copy of `wte` as the head and keeps the input
-    embedding frozen; `frozen` trains neither."""
+    """What trains of the head and the input embedding. GPT-2 ties them (one tensor; so do SmolLM2, Qwen2.5-0.5B and
+    Llama-3.2-1B), Pythia and larger Llama-family models do not. `tied` (the original script) trains head and input
+    embedding, the one shared tensor or both tensors of an untied model, so gradients flow back through every frozen
+    block; `untied` trains the head alone (on a tied model, a copy of the embedding that becomes the head, and the
+    saved model is untied) and keeps the input embedding frozen; `frozen` trains neither."""
 
 
-LoraTarget = Literal["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
-"""A weight matrix of a GPT-2 block, by its path inside the block (not a name suffix: `c_proj` alone names two)."""
+LoraTarget = Literal["attn_qkv", "attn_out", "mlp_in", "mlp_out"]
+"""A role of a block's weight matrices, the same on every family (pipeline/training/lora.py maps each to the family's
+matrices): `attn_qkv` the attention's query, key and value projections (GPT-2's fused `attn.c_attn`, GPT-NeoX's
+`attention.query_key_value`, the Llama family's `q_proj`, `k_proj`, `v_proj`), `attn_out` its output projection,
+`mlp_in` the MLP's input matrices (the Llama family's `gate_proj` and `up_proj`), `mlp_out` its output matrix."""
 LORA_TARGETS: tuple[str, ...] = typing.get_args(LoraTarget)
 
 
@@ -43,7 +49,7 @@ class LoraParams:
     rank: int = 8
     """Rank r of each adapter (W + B A, with A: r x fan-in and B: fan-out x r); 8 is PEFT's default and in the range
     where the LoRA paper (Hu et al., 2021, sec. 7.2) found adapted GPT-3 no worse than larger r. To match a freezing
-    point's trainable count, pick r with `lora_params_per_rank` (GPT-2 small, all four matrices of all 12 blocks:
+    point's trainable count, pick r with `lora_params_per_rank` (GPT-2 small, all four roles of all 12 blocks:
     r = 48 trains 7,077,888, against 7,087,872 for one unfrozen block)."""
     alpha: float = 16.0
     """The adapter's output is scaled by alpha / rank: 2 x rank, PEFT's usual example. As the LoRA paper (sec. 4.1)
@@ -53,9 +59,10 @@ class LoraParams:
     regularized as the weights beside them were in pretraining; QLoRA (Dettmers et al., 2023, App. A) found LoRA
     dropout helps smaller models."""
     target_modules: list[LoraTarget] = dataclasses.field(default_factory=lambda: list(LORA_TARGETS))
-    """The block matrices that get an adapter: all four by default, since adapting every matrix, MLP included, beat
-    attention-only adapters in QLoRA (Dettmers et al., 2023, sec. 4). `attn.c_attn` is q, k and v fused in one
-    matrix, so GPT-2 cannot adapt q and v alone as the LoRA paper did."""
+    """The roles whose matrices get an adapter (see `LoraTarget`): all four by default, since adapting every matrix,
+    MLP included, beat attention-only adapters in QLoRA (Dettmers et al., 2023, sec. 4). Roles, not matrix names, so
+    one params.yaml fits every family; GPT-2 and GPT-NeoX fuse q, k and v in one matrix, so q and v alone (the LoRA
+    paper's choice) is not a role."""
     adapted_blocks: int | None = None
     """Adapters in the last N blocks only; null puts them in every block (LoRA's usual setting). Fewer blocks leave a
     frozen prefix, which `train.cache_frozen_prefix` can skip, and a shorter backward pass."""
@@ -110,8 +117,8 @@ class TrainParams:
     cache_frozen_prefix: bool = False
     """With head `untied` or `frozen`, or method lora (its prefix: the blocks below `lora.adapted_blocks`), compute
     the frozen embedding + blocks once and train the tail on their cached output (frozen blocks run without dropout
-    either way, pipeline/training/trainee.py). Same loss as uncached; costs tokens x n_embd x 4 bytes on disk (7.4 GB
-    for Wikitext-2 train on GPT-2 small), so it is opt-in. Ignored with the `tied` head."""
+    either way, pipeline/training/trainee.py). Same loss as uncached; costs tokens x hidden size x 4 bytes on disk
+    (7.4 GB for Wikitext-2 train on GPT-2 small), so it is opt-in. Ignored with the `tied` head."""
     deterministic: bool = True
     """`torch.use_deterministic_algorithms`, and on a GPU the cuBLAS workspace it needs (trainer_setup.py): reruns
     on the same machine and thread count give bitwise-identical weights; docs/performance.md gives its measured

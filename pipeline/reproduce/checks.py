@@ -13,7 +13,7 @@ import yaml
 from dvc.utils.hydra import apply_overrides
 
 from pipeline.data.files import flatten_metrics, read_json
-from pipeline.offline.profile import profile_path
+from pipeline.offline.profile import DEFAULT_MODEL_PROFILES, profile_path
 from pipeline.params import hydra_overrides
 from pipeline.reproduce.numerics import numerics_verdict, train_numerics
 
@@ -63,8 +63,12 @@ def run_pipeline(workdir: Path, overrides: list[str], profile: str | None, gener
     params (if asked), and the overrides."""
     if profile:
         if generate:
-            # The clone's own generator, so that another revision runs on the inputs its own code writes.
-            subprocess.run([sys.executable, "-m", "pipeline.offline", "--root", "."], cwd=workdir, check=True)
+            # The clone's own generator, so that another revision runs on the inputs its own code writes; a profile
+            # on another model names itself (revisions from before `--profile` know only the default's).
+            generator = [sys.executable, "-m", "pipeline.offline", "--root", "."]
+            if profile not in DEFAULT_MODEL_PROFILES:
+                generator += ["--profile", profile]
+            subprocess.run(generator, cwd=workdir, check=True)
         overrides = profile_overrides(workdir, profile) + overrides
     if overrides:
         apply_overrides(workdir / "params.yaml", overrides)  # what `dvc exp run -S` does, comments kept

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from datasets import Dataset
 from peft import LoraModel
-from transformers import GPT2LMHeadModel, TrainerCallback
+from torch import nn
+from transformers import TrainerCallback
 
 from pipeline.params import Params
 from pipeline.training.freeze import FrozenLayout, apply_freeze_policy, head_mode_description
+from pipeline.training.layout import ModelLayout
 from pipeline.training.lora import add_adapters, describe_adapters
 from pipeline.training.prefix_cache import tail_training
 from pipeline.training.resumable import RecordingTrainer, StepLog
@@ -34,28 +36,28 @@ from pipeline.training.trainer_setup import (
 class PreparedModel:
     """What `prepare_model` made of a model, which then trains in place."""
 
-    model: GPT2LMHeadModel
+    model: nn.Module
     layout: FrozenLayout
     adapters: LoraModel | None
     """PEFT's tuner around `model` with method lora; None with method freeze."""
     description: str
     """What trains and what stays frozen, in words, for the parameter table."""
 
-    def model_to_save(self) -> GPT2LMHeadModel:
+    def model_to_save(self) -> nn.Module:
         """The fine-tuned model as users load it: with method lora, the adapters merged into the weights they adapt
-        and removed (PEFT's `merge_and_unload`, which changes `model` in place), so it is a plain GPT-2."""
+        and removed (PEFT's `merge_and_unload`, which changes `model` in place): a plain model of its class."""
         return self.model if self.adapters is None else self.adapters.merge_and_unload()
 
 
-def prepare_model(model: GPT2LMHeadModel, params: Params) -> PreparedModel:
+def prepare_model(model: nn.Module, params: Params) -> PreparedModel:
     """Apply the fine-tuning method (`finetune.method`) and the training attention kernel to `model`, in place."""
     adapters = None
     if params.finetune.method == "lora":  # the freeze section is not read: every pretrained weight stays frozen
         adapters = add_adapters(model, params.lora)
-        description = describe_adapters(params.lora, model.config.n_layer)
+        description = describe_adapters(params.lora, len(ModelLayout.of(model).blocks))
     elif params.finetune.method == "full":
         model.requires_grad_(True)
-        description = "method full: every parameter trains, the tied head/input embedding and wpe included"
+        description = "method full: every parameter trains, head, input embedding and any position table included"
     else:
         apply_freeze_policy(model, params.freeze)
         description = head_mode_description(params.freeze.head)
@@ -70,7 +72,7 @@ def caches_prefix(params: Params, layout: FrozenLayout) -> bool:
 
 def build_trainer(
     params: Params,
-    model: GPT2LMHeadModel,
+    model: nn.Module,
     blocks: Dataset,
     *,
     output_dir: Path,

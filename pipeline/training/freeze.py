@@ -1,16 +1,18 @@
-"""The freeze policy (which parts of GPT-2 train) and parameter accounting.
+"""The freeze policy (which parts of the model train) and parameter accounting.
 
-Freezing goes by the model's structure (`transformer.h[-k:]`, `transformer.ln_f`, `lm_head`), never by matching
-parameter names: a name filter such as "h.11" also catches "h.110" in a deeper model (PEFT's
-`_mark_only_adapters_as_trainable` makes the same point).
+Freezing goes by the model's structure (the last blocks of its block list, its final norm, its head: found by
+pipeline/training/layout.py), never by matching parameter names: a name filter such as "h.11" also catches "h.110"
+in a deeper model (PEFT's `_mark_only_adapters_as_trainable` makes the same point).
 
-GPT-2 ties `lm_head.weight` to the input embedding `transformer.wte.weight`: they are one tensor. So the head
-mode is a decision, made explicit here:
-- tied:   the shared tensor trains, as head *and* input embedding. Because the input embedding then needs a
-          gradient, backward runs through every frozen block.
-- untied: the head becomes its own copy of `wte` and trains; the input embedding stays frozen, so backward stops
-          at the first trainable block. The saved model is untied (`tie_word_embeddings = False`).
-- frozen: head and embeddings stay as pretrained; only blocks (and optionally ln_f) train.
+GPT-2 ties its head to the input embedding (`lm_head.weight` is `wte.weight`: one tensor), as do SmolLM2,
+Qwen2.5-0.5B and Llama-3.2-1B; Pythia and larger Llama-family models keep two. So the head mode is a decision, made
+explicit here, and means the same on both kinds:
+- tied:   the head and the input embedding train: one shared tensor on a tied model, two tensors on an untied
+          one. Because the input embedding then needs a gradient, backward runs through every frozen block.
+- untied: the head trains and the input embedding stays frozen, so backward stops at the first trainable block.
+          A tied model's head first becomes its own copy of the embedding, and the saved model is untied
+          (`tie_word_embeddings = False`); an untied model's head simply trains.
+- frozen: head and embeddings stay as pretrained; only blocks (and optionally the final norm) train.
 """
 
 from __future__ import annotations
@@ -18,43 +20,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
-from transformers import GPT2LMHeadModel
 
 from pipeline.params import FreezeParams
+from pipeline.training.layout import ModelLayout
 
 HEAD_MODE_EXPLANATIONS = {
-    "tied": "lm_head is tied to the input embedding wte: training the head trains the input embeddings too, "
+    "tied": "the head and the input embedding train (one tensor where the model ties them, two where it does not), "
     "and gradients flow back through every frozen block",
-    "untied": "lm_head is an untied copy of wte and trains; the input embedding stays frozen, so no gradient "
-    "flows through the frozen blocks",
-    "frozen": "lm_head and the input embedding stay frozen (they are one tied tensor)",
+    "untied": "the head trains (an untied copy of the input embedding where the model tied them); the input "
+    "embedding stays frozen, so no gradient flows through the frozen blocks",
+    "frozen": "the head and the input embedding stay frozen",
 }
 
 
-def apply_freeze_policy(model: GPT2LMHeadModel, policy: FreezeParams) -> None:
+def apply_freeze_policy(model: nn.Module, policy: FreezeParams) -> None:
     """Freeze everything, then unfreeze the parts the policy names."""
+    layout = ModelLayout.of(model)
     model.requires_grad_(False)
-    blocks = model.transformer.h
-    first_trainable = len(blocks) - policy.trainable_blocks
-    for block in blocks[first_trainable:]:
+    first_trainable = len(layout.blocks) - policy.trainable_blocks
+    for block in layout.blocks[first_trainable:]:
         block.requires_grad_(True)
     if policy.train_ln_f:
-        model.transformer.ln_f.requires_grad_(True)
+        layout.final_norm.requires_grad_(True)
     if policy.head == "untied":
         untie_lm_head(model)
     if policy.head in ("tied", "untied"):
-        model.lm_head.requires_grad_(True)
+        layout.head.requires_grad_(True)
+    if policy.head == "tied":
+        layout.input_embedding.requires_grad_(True)  # the head's own tensor on a tied model; its own on an untied one
 
 
-def head_is_tied(model: GPT2LMHeadModel) -> bool:
-    """Whether lm_head and the input embedding are one tensor (GPT-2's default)."""
-    return model.lm_head.weight is model.transformer.wte.weight
+def head_is_tied(model: nn.Module) -> bool:
+    """Whether the head and the input embedding are one tensor (GPT-2's default)."""
+    return ModelLayout.of(model).head_tied
 
 
-def untie_lm_head(model: GPT2LMHeadModel) -> None:
-    """Give lm_head its own copy of the embedding weights; the config says so, so save/load keeps them apart."""
-    if head_is_tied(model):
-        model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())
+def untie_lm_head(model: nn.Module) -> None:
+    """Give the head its own copy of the embedding weights; the config says so, so save/load keeps them apart."""
+    layout = ModelLayout.of(model)
+    if layout.head_tied:
+        layout.head.weight = nn.Parameter(layout.input_embedding.weight.detach().clone())
     model.config.tie_word_embeddings = False
 
 
@@ -70,14 +75,14 @@ class FrozenLayout:
     embedding_trains: bool
 
     @classmethod
-    def of(cls, model: GPT2LMHeadModel) -> FrozenLayout:
-        transformer = model.transformer
-        blocks = transformer.h
+    def of(cls, model: nn.Module) -> FrozenLayout:
+        layout = ModelLayout.of(model)
+        blocks = layout.blocks
         first = next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())), None)
         return cls(
-            head_tied=head_is_tied(model),
+            head_tied=layout.head_tied,
             first_trainable_block=len(blocks) if first is None else first,
-            embedding_trains=transformer.wte.weight.requires_grad or transformer.wpe.weight.requires_grad,
+            embedding_trains=any(p.requires_grad for module in layout.embeddings() for p in module.parameters()),
         )
 
     @property
@@ -122,24 +127,21 @@ class ParameterCounts:
         return {"trainable": self.trainable, "total": self.total, "frozen": self.frozen, "modules": modules}
 
 
-def count_parameters(model: GPT2LMHeadModel) -> ParameterCounts:
-    """Count every tensor once, whatever ties it: a tied lm_head adds nothing to `wte`'s count. LoRA adapters
-    (pipeline/training/lora.py) count in the block they sit in, so while they train the total is the pretrained
-    count plus theirs, as PEFT's `get_nb_trainable_parameters` counts it."""
-    transformer = model.transformer
-    groups = [("wte", transformer.wte), ("wpe", transformer.wpe)]
-    groups += [(f"h.{index}", block) for index, block in enumerate(transformer.h)]
-    groups += [("ln_f", transformer.ln_f), ("lm_head", model.lm_head)]
+def count_parameters(model: nn.Module) -> ParameterCounts:
+    """Count every tensor once, whatever ties it: a tied head adds nothing to the input embedding's count. LoRA
+    adapters (pipeline/training/lora.py) count in the block they sit in, so while they train the total is the
+    pretrained count plus theirs, as PEFT's `get_nb_trainable_parameters` counts it. Rows are named as the model
+    names its parts (`wte`, `h.0`, `ln_f`, `lm_head` on GPT-2; `embed_tokens`, `layers.0`, `norm` on Llama)."""
     seen: set[int] = set()
     modules = []
-    for name, module in groups:
+    for name, module in ModelLayout.of(model).counted_modules():
         fresh = [p for p in module.parameters() if id(p) not in seen]
         seen.update(id(p) for p in fresh)
         modules.append(
             ModuleCount(name, sum(p.numel() for p in fresh), sum(p.numel() for p in fresh if p.requires_grad))
         )
     total = sum(p.numel() for p in model.parameters())
-    assert total == sum(m.total for m in modules), "a GPT-2 parameter lies outside the counted modules"
+    assert total == sum(m.total for m in modules), "a parameter lies outside the counted modules"
     return ParameterCounts(total, sum(m.trainable for m in modules), tuple(modules))
 
 
@@ -149,11 +151,12 @@ def head_mode_description(head_mode: str) -> str:
 
 
 def format_parameter_table(counts: ParameterCounts, description: str) -> str:
-    """A human-readable table ending with `description` (what the method trains); tied lm_head shows 0 because its
-    tensor is counted under wte."""
-    rows = [f"{'module':<10} {'params':>13} {'trainable':>13}"]
-    rows += [f"{m.name:<10} {m.total:>13,} {m.trainable:>13,}" for m in counts.modules]
-    rows.append(f"{'total':<10} {counts.total:>13,} {counts.trainable:>13,}")
+    """A human-readable table ending with `description` (what the method trains); a tied head shows 0 because its
+    tensor is counted under the input embedding."""
+    width = max(10, *(len(m.name) for m in counts.modules))
+    rows = [f"{'module':<{width}} {'params':>13} {'trainable':>13}"]
+    rows += [f"{m.name:<{width}} {m.total:>13,} {m.trainable:>13,}" for m in counts.modules]
+    rows.append(f"{'total':<{width}} {counts.total:>13,} {counts.trainable:>13,}")
     rows.append(
         f"trainable {counts.trainable:,} of {counts.total:,} ({counts.trainable_percent:.2f}%), "
         f"frozen {counts.frozen:,}; {description}"

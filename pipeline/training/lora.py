@@ -1,32 +1,63 @@
-"""Method `lora`: low-rank adapters on a frozen GPT-2, through PEFT, and what they cost in parameters.
+"""Method `lora`: low-rank adapters on a frozen causal LM, through PEFT, and what they cost in parameters.
 
-Every pretrained weight stays frozen, the tied head/input embedding included. Each targeted matrix W of the adapted
+Every pretrained weight stays frozen, the head and input embedding included. Each targeted matrix W of the adapted
 blocks gains a trainable product B A (A: rank x fan-in, B: fan-out x rank), scaled by alpha / rank; PEFT starts B at
 zero, so training starts from the pretrained model's outputs.
 
+`lora.target_modules` names matrices by role, the same on every family, and `ROLE_MATRICES` maps each role to that
+family's matrices: GPT-2 and GPT-NeoX fuse q, k and v in one matrix where the Llama family keeps three, and the
+Llama family's MLP has two input matrices (gate and up) where the others have one.
+
 Adapters are placed by structure: the targets are the full module names of the chosen blocks' matrices
-(`transformer.h.11.attn.c_attn`), built from the model's block list, which PEFT matches exactly. PEFT's
-`layers_to_transform` would pick the blocks by a regular expression over names instead (conventions: freeze by
-structure). GPT-2's matrices are transformers' `Conv1D`, which stores W as fan-in x fan-out, hence
-`fan_in_fan_out=True` (PEFT would warn and set it itself).
+(`transformer.h.11.attn.c_attn`, `model.layers.11.self_attn.q_proj`), built from the model's block list, which PEFT
+matches exactly. PEFT's `layers_to_transform` would pick the blocks by a regular expression over names instead
+(conventions: freeze by structure). GPT-2's matrices are transformers' `Conv1D`, which stores W as fan-in x fan-out,
+hence `fan_in_fan_out=True` there (PEFT would warn and set it itself); the other families' are `nn.Linear`.
 
 The adapters are injected in place (PEFT's `LoraModel`, which is what `inject_adapter_in_model` builds), so the model
-stays a GPT2LMHeadModel: the trainee, the frozen-prefix cache, validation and checkpoints see the model they see
+stays its own class: the trainee, the frozen-prefix cache, validation and checkpoints see the model they see
 under method freeze, with the adapter tensors among its parameters and in its state dict
 (`transformer.h.11.attn.c_attn.lora_A.default.weight`, the pretrained weight under `...c_attn.base_layer.weight`).
-For the saved model, PEFT's `merge_and_unload` adds the scaled B A into each W and puts the plain `Conv1D` back:
-a GPT-2 with the pretrained shapes and parameter count, which GPT2LMHeadModel and AutoModelForCausalLM load as is.
+For the saved model, PEFT's `merge_and_unload` adds the scaled B A into each W and puts the plain matrix back:
+a model with the pretrained shapes and parameter count, which its class and AutoModelForCausalLM load as is.
 """
 
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, LoraModel
-from transformers import GPT2Config, GPT2LMHeadModel
+from torch import nn
+from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers.pytorch_utils import Conv1D
 
 from pipeline.params import LoraParams
+from pipeline.params.families import depth, family_of
+from pipeline.training.layout import ModelLayout
 
 ADAPTER_NAME = "default"
 """PEFT's name for the one adapter; it appears in the adapter tensors' names (`lora_A.default.weight`)."""
+
+ROLE_MATRICES = {
+    "gpt2": {
+        "attn_qkv": ("attn.c_attn",),  # q, k and v in one matrix
+        "attn_out": ("attn.c_proj",),
+        "mlp_in": ("mlp.c_fc",),
+        "mlp_out": ("mlp.c_proj",),
+    },
+    "llama": {
+        "attn_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "attn_out": ("self_attn.o_proj",),
+        "mlp_in": ("mlp.gate_proj", "mlp.up_proj"),  # SwiGLU: both read the block's input
+        "mlp_out": ("mlp.down_proj",),
+    },
+    "gpt_neox": {
+        "attn_qkv": ("attention.query_key_value",),
+        "attn_out": ("attention.dense",),
+        "mlp_in": ("mlp.dense_h_to_4h",),
+        "mlp_out": ("mlp.dense_4h_to_h",),
+    },
+}
+"""Role (`lora.target_modules`) -> the matrices that play it, by their path inside a block, per family."""
 
 
 def adapted_block_indices(n_layer: int, adapted_blocks: int | None) -> range:
@@ -34,48 +65,58 @@ def adapted_block_indices(n_layer: int, adapted_blocks: int | None) -> range:
     return range(n_layer - (n_layer if adapted_blocks is None else adapted_blocks), n_layer)
 
 
-def adapter_module_names(n_layer: int, lora: LoraParams) -> list[str]:
+def block_matrices(family: str, roles: list[str]) -> list[str]:
+    """Paths inside a block of the matrices that play `roles`."""
+    return [path for role in roles for path in ROLE_MATRICES[family][role]]
+
+
+def adapter_module_names(model: nn.Module, lora: LoraParams) -> list[str]:
     """Full names of the matrices that get an adapter, as `named_modules()` spells them."""
-    blocks = adapted_block_indices(n_layer, lora.adapted_blocks)
-    return [f"transformer.h.{index}.{target}" for index in blocks for target in lora.target_modules]
+    layout = ModelLayout.of(model)
+    blocks = layout.name(layout.blocks)
+    indices = adapted_block_indices(len(layout.blocks), lora.adapted_blocks)
+    return [
+        f"{blocks}.{index}.{path}" for index in indices for path in block_matrices(layout.family, lora.target_modules)
+    ]
 
 
-def lora_config(n_layer: int, lora: LoraParams) -> LoraConfig:
+def lora_config(model: nn.Module, lora: LoraParams) -> LoraConfig:
+    targets = adapter_module_names(model, lora)
     return LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=adapter_module_names(n_layer, lora),
-        fan_in_fan_out=True,  # Conv1D's weight is fan-in x fan-out, the transpose of nn.Linear's
+        target_modules=targets,
+        # Conv1D's weight is fan-in x fan-out, the transpose of nn.Linear's; a family uses one kind throughout.
+        fan_in_fan_out=isinstance(model.get_submodule(targets[0]), Conv1D),
         bias="none",  # the biases stay pretrained: every trainable tensor is an adapter
     )
 
 
-def add_adapters(model: GPT2LMHeadModel, lora: LoraParams) -> LoraModel:
+def add_adapters(model: nn.Module, lora: LoraParams) -> LoraModel:
     """Freeze `model` and inject trainable adapters into it, in place; return PEFT's tuner around it, whose
-    `merge_and_unload()` gives the plain GPT-2 to save. A-matrices are drawn from torch's generator (seeded)."""
+    `merge_and_unload()` gives the plain model to save. A-matrices are drawn from torch's generator (seeded)."""
     model.requires_grad_(False)  # PEFT freezes all but the adapters too; said here, as the freeze policy says it
-    return LoraModel(model, lora_config(model.config.n_layer, lora), ADAPTER_NAME)
+    return LoraModel(model, lora_config(model, lora), ADAPTER_NAME)
 
 
-def matrix_shapes(config: GPT2Config) -> dict[str, tuple[int, int]]:
-    """(fan-in, fan-out) of each matrix of a GPT-2 block, from the config (`n_inner` null means 4 x n_embd)."""
-    width, inner = config.n_embd, config.n_inner or 4 * config.n_embd
-    return {
-        "attn.c_attn": (width, 3 * width),  # q, k and v in one matrix
-        "attn.c_proj": (width, width),
-        "mlp.c_fc": (width, inner),
-        "mlp.c_proj": (inner, width),
-    }
+def matrix_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
+    """Weight shape of each matrix of a block (path inside the block -> shape), read from the model the config
+    builds on the meta device: no memory, no weights, and no formula per family to keep right."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    block = ModelLayout.of(model).blocks[0]
+    paths = block_matrices(family_of(config), list(ROLE_MATRICES[family_of(config)]))
+    return {path: tuple(block.get_submodule(path).weight.shape) for path in paths}
 
 
-def lora_params_per_rank(config: GPT2Config, target_modules: list[str], adapted_blocks: int | None) -> int:
+def lora_params_per_rank(config: PretrainedConfig, target_modules: list[str], adapted_blocks: int | None) -> int:
     """Trainable parameters that one unit of rank adds: an adapter on a fan-in x fan-out matrix holds
-    rank x (fan-in + fan-out) (A and B, no bias), once per adapted block. GPT-2 small, all four matrices:
+    rank x (fan-in + fan-out) (A and B, no bias), once per adapted block. GPT-2 small, all four roles:
     12,288 per block (16 x n_embd), 147,456 over its 12 blocks."""
     shapes = matrix_shapes(config)
-    blocks = len(adapted_block_indices(config.n_layer, adapted_blocks))
-    return blocks * sum(sum(shapes[target]) for target in target_modules)
+    blocks = len(adapted_block_indices(depth(config)[1], adapted_blocks))
+    return blocks * sum(sum(shapes[path]) for path in block_matrices(family_of(config), target_modules))
 
 
 def rank_for_budget(trainable: int, per_rank: int) -> int:
@@ -91,5 +132,5 @@ def describe_adapters(lora: LoraParams, n_layer: int) -> str:
     return (
         f"method lora: rank {lora.rank} adapters (scaled by alpha/rank = {lora.alpha}/{lora.rank}) on "
         f"{', '.join(lora.target_modules)} of blocks {blocks.start}-{blocks.stop - 1}; every pretrained weight, "
-        "the tied head and input embedding included, stays frozen, and the saved model has the adapters merged in"
+        "the head and input embedding included, stays frozen, and the saved model has the adapters merged in"
     )

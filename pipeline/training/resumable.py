@@ -25,7 +25,7 @@ from pipeline.tracking.runs import StageRun
 from pipeline.tracking.signals import StopRequest
 from pipeline.training.checkpoints import STEP_LOG, CheckpointStore
 from pipeline.training.distributed import any_rank, barrier, is_main_process, mean_over_ranks
-from pipeline.training.freeze import head_is_tied
+from pipeline.training.layout import ModelLayout
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,9 @@ def load_final_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     a step, so resuming at the last step would train one step too many."""
     weights = load_file(checkpoint / "model.safetensors")
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    # safetensors stores a tied tensor once: a tied lm_head is missing from the file but loaded as wte.
-    tied = {"lm_head.weight"} if head_is_tied(model) else set()
+    # safetensors stores a tied tensor once: a tied head is missing from the file but loaded as the input embedding.
+    layout = ModelLayout.of(model)
+    tied = {layout.head_weight_key} if layout.head_tied else set()
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"{checkpoint}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
 

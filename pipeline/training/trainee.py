@@ -1,30 +1,31 @@
-"""What the Trainer trains: GPT-2 behind a thin module whose loss fuses the head
+"""What the Trainer trains: the causal LM behind a thin module whose loss fuses the head
 (pipeline.training.linear_cross_entropy) and whose frozen blocks run without dropout.
 
 Frozen blocks run in eval mode: they learn nothing, so their dropout would only add noise to the trainable blocks'
 input, and it is costly (the random masks, and attention falling back from the fused kernel to the unfused one when
 dropout is on; docs/performance.md). It also makes the prefix a fixed function of the tokens, which is what lets
 pipeline.training.prefix_cache train on its cached output and get the same loss.
-The embedding dropout counts as part of the prefix unless the embedding trains (the `tied` head).
+The embedding dropout (GPT-2's and GPT-NeoX's; Llama has none) counts as part of the prefix unless the embedding
+trains (the `tied` head).
 
 GPT-2's activation, `gelu_new`, is the tanh approximation of GELU written as five elementwise ops, each a pass over
 memory and an autograd node; the trainee swaps it for torch's `gelu(approximate="tanh")`, the same function in one
-kernel (transformers' `gelu_pytorch_tanh`; its gain: docs/performance.md). The config is left as it is, so the
-saved model is unchanged.
+kernel (transformers' `gelu_pytorch_tanh`; its gain: docs/performance.md), wherever a block holds one. The config
+is left as it is, so the saved model is unchanged.
 
-The module's state dict is the wrapped model's, key for key, so the Trainer's checkpoints load into
-GPT2LMHeadModel and back.
+The module's state dict is the wrapped model's, key for key, so the Trainer's checkpoints load into the model's
+own class and back.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import GPT2LMHeadModel
-from transformers.activations import ACT2FN
+from transformers.activations import ACT2FN, NewGELUActivation
 from transformers.modeling_outputs import CausalLMOutput
 
 from pipeline.training.freeze import FrozenLayout
+from pipeline.training.layout import ModelLayout
 from pipeline.training.linear_cross_entropy import VOCAB_MULTIPLE, causal_lm_loss
 
 
@@ -36,20 +37,19 @@ class Trainee(nn.Module):
     scored, not B x S (it checks this attribute, as on transformers' own models); tests/test_trainee.py holds
     the logged loss to an independent mean."""
 
-    def __init__(self, model: GPT2LMHeadModel) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.config = model.config  # the Trainer reads it
+        self.parts = ModelLayout.of(model)
         self.layout = FrozenLayout.of(model)
-        transformer = model.transformer
-        self.frozen_prefix = list(transformer.h[: self.layout.first_trainable_block])
-        if self.layout.prefix_is_frozen:
-            self.frozen_prefix.insert(0, transformer.drop)
+        self.frozen_prefix = list(self.parts.blocks[: self.layout.first_trainable_block])
+        if self.layout.prefix_is_frozen and self.parts.embedding_dropout is not None:
+            self.frozen_prefix.insert(0, self.parts.embedding_dropout)
         self._head_cast: tuple[tuple, torch.Tensor] | None = None
         self.vocab_multiple = VOCAB_MULTIPLE  # rows a trainable head is padded to (the ablation turns it off)
-        if model.config.activation_function == "gelu_new":
-            for block in transformer.h:
-                block.mlp.act = ACT2FN["gelu_pytorch_tanh"]
+        for block in self.parts.blocks:
+            fuse_gelu_new(block)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -62,14 +62,15 @@ class Trainee(nn.Module):
         refuses shared tensors)."""
         state = self.model.state_dict(*args, **kwargs)
         if self.layout.head_tied:
-            state.pop("lm_head.weight", None)
+            state.pop(self.parts.head_weight_key, None)
         return state
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Into the wrapped model; a tied head, missing from the file, comes back as `wte` and is not reported
         missing (the Trainer would warn, or look for attributes this module does not have)."""
         result = self.model.load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [key for key in result.missing_keys if not (self.layout.head_tied and key == "lm_head.weight")]
+        head_key = self.parts.head_weight_key
+        missing = [key for key in result.missing_keys if not (self.layout.head_tied and key == head_key)]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(f"state dict does not fit: missing {missing}, unexpected {result.unexpected_keys}")
         return result._replace(missing_keys=missing)
@@ -77,7 +78,7 @@ class Trainee(nn.Module):
     def head_weight(self) -> torch.Tensor:
         """The head's weight. Under autocast a frozen one is cast once and reused: autocast would recast GPT-2's
         38.6M-weight head at every step (docs/performance.md)."""
-        weight = self.model.lm_head.weight
+        weight = self.parts.head.weight
         device_type = weight.device.type
         if weight.requires_grad or not torch.is_autocast_enabled(device_type):
             return weight
@@ -88,7 +89,7 @@ class Trainee(nn.Module):
         return self._head_cast[1]
 
     def loss(self, last_hidden_states: torch.Tensor, labels: torch.Tensor, loss_kwargs: dict) -> CausalLMOutput:
-        """Loss of the head on `last_hidden_states` (after ln_f). `loss_kwargs` carries the Trainer's
+        """Loss of the head on `last_hidden_states` (after the final norm). `loss_kwargs` carries the Trainer's
         `num_items_in_batch`, the scored positions of the whole accumulated batch (see `loss_type`), so the
         micro-batch losses sum to the mean cross-entropy of the optimizer step (the Trainer passes it because
         forward takes **kwargs)."""
@@ -101,5 +102,15 @@ class WholeModelTrainee(Trainee):
     """The whole model, on token blocks."""
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, **loss_kwargs) -> CausalLMOutput:
-        last_hidden_states = self.model.transformer(input_ids=input_ids).last_hidden_state  # ln_f applied
+        # The final norm applied; no key/value cache, which training never reads.
+        last_hidden_states = self.parts.body(input_ids=input_ids, use_cache=False).last_hidden_state
         return self.loss(last_hidden_states, labels, loss_kwargs)
+
+
+def fuse_gelu_new(block: nn.Module) -> None:
+    """Swap every `gelu_new` in `block` for the same function in one kernel (see the module docstring); found by
+    type, so whatever a family names its activation."""
+    for module in list(block.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, ACT2FN["gelu_pytorch_tanh"])
