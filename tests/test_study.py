@@ -84,6 +84,18 @@ def test_a_sweep_dvc_cannot_parse_is_refused_with_its_reason():
         refused.value)  # fmt: skip
 
 
+@pytest.mark.parametrize("path", ["studies/freezing.yaml", "studies/offline.yaml"])
+def test_shipped_grids_give_each_method_its_own_learning_rates(path):
+    grid = load_grid(REPO / path)
+    rates_by_method = {}
+    for sweep in grid.sweeps:
+        method = next((line.split("=")[1] for line in sweep if line.startswith("finetune.method=")), "freeze")
+        (rates,) = [line for line in sweep if line.startswith("train.learning_rate=choice(")]
+        rates_by_method.setdefault(method, set()).add(rates)
+    assert {"freeze", "lora"} <= rates_by_method.keys()
+    assert rates_by_method["freeze"].isdisjoint(rates_by_method["lora"])  # LoRA's own candidates, not freezing's
+
+
 @pytest.mark.parametrize(
     ("path", "config", "blocks"),
     [("studies/offline.yaml", "tiny", (1, 2)), ("studies/freezing.yaml", "gpt2", (1, 2))],
@@ -122,7 +134,7 @@ def project(git_repo, git, tmp_path):
 
 @pytest.mark.parametrize(
     ("path", "profile", "points"),
-    [("studies/freezing.yaml", None, 22), ("studies/offline.yaml", "profiles/offline.yaml", 7)],
+    [("studies/freezing.yaml", None, 44), ("studies/offline.yaml", "profiles/offline.yaml", 8)],
 )
 def test_every_point_of_the_shipped_grids_passes_the_params_loader(project, git, path, profile, points):
     from pipeline.params import hydra_overrides, read_overrides
