@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,8 +68,15 @@ def start_workers(root: Path, jobs: int) -> None:
     # Workers share the machine's cores: more threads per worker than cores / jobs only makes them wait on each
     # other. They inherit this environment from `dvc queue start`.
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    _dvc(root, ["queue", "start", "--jobs", str(jobs)], env)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # Output to a file, not a pipe: the workers inherit it and outlive `dvc queue start`, so reading a pipe to its
+    # end would wait for the last of them, and `wait_for` would only start once every point had run.
+    with tempfile.TemporaryFile(mode="w+") as output:
+        command = [sys.executable, "-m", "dvc", "queue", "start", "--jobs", str(jobs)]
+        started = subprocess.run(command, cwd=root, env=env, stdout=output, stderr=output, check=False)
+        if started.returncode != 0:
+            output.seek(0)
+            raise UserError(f"`dvc queue start --jobs {jobs}` failed ({started.returncode}):\n{output.read()}")
 
 
 def wait_for(root: Path, names: set[str], poll_s: float = QUEUE_POLL_S) -> None:
@@ -111,16 +119,6 @@ def first_line_of_why(log_text: str) -> str:
     if stage:
         return where + stage.group(2).strip(" :,")
     return "no log kept (`dvc queue logs` printed nothing)"
-
-
-def _dvc(root: Path, args: list[str], env: dict[str, str] | None = None) -> str:
-    command = [sys.executable, "-m", "dvc", *args]
-    result = subprocess.run(
-        command, cwd=root, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise UserError(f"`dvc {' '.join(args)}` failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-    return result.stdout
 
 
 LOCAL_INPUT_KEYS = (
