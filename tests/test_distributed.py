@@ -156,13 +156,32 @@ def test_no_train_run_is_left_running(repo, chain):
     assert [run.info.status for run in trains] == ["FINISHED", "FINISHED", "FAILED", "KILLED", "FINISHED"]
 
 
-def test_the_frozen_prefix_cache_is_built_once_for_both_ranks(repo):
-    """Rank 0 builds the cache while rank 1 waits at a barrier, then rank 1 reads its file: one cache file, no
-    staging file left, and a run that ends (a rank computing or writing at the same time would not change that, but
-    a rank waiting for one that never arrives would hang until the test's timeout)."""
+# Imported at start-up by every Python process given its folder on PYTHONPATH, torchrun's ranks included (they
+# inherit the environment): it appends the process's rank to $PREFIX_BUILDS each time it computes a frozen prefix.
+# Counting the log line instead cannot tell, since ranks other than 0 log nothing below WARNING.
+COUNT_PREFIX_BUILDS = """
+import os
+from pipeline.training import prefix_cache
+real_compute_prefix = prefix_cache.compute_prefix
+def compute_prefix(*args, **kwargs):
+    with open(os.environ["PREFIX_BUILDS"], "a") as builds:
+        builds.write(os.environ.get("RANK", "none") + "\\n")
+    return real_compute_prefix(*args, **kwargs)
+prefix_cache.compute_prefix = compute_prefix
+"""
+
+
+def test_the_frozen_prefix_cache_is_built_once_for_both_ranks(repo, tmp_path, monkeypatch):
+    """Rank 0 builds the cache while rank 1 waits at a barrier, then rank 1 reads its file: one build, by rank 0,
+    one cache file, no staging file left, and a run that ends (a rank waiting for one that never arrives would hang
+    until the test's timeout)."""
     if not (repo.root / "data/tokenized").is_dir():  # when run alone, without the dvc repro above
         repo.run(*repo.stage_argv("prepare"))
         repo.run(*repo.stage_argv("tokenize"))
+    (tmp_path / "sitecustomize.py").write_text(COUNT_PREFIX_BUILDS)
+    builds = tmp_path / "builds.txt"
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{repo.root}")  # at start-up `-m` has not put the root on the path
+    monkeypatch.setenv("PREFIX_BUILDS", str(builds))
     cached = {**TWO_RANKS, "freeze.head": "untied", "train.cache_frozen_prefix": True, "train.max_steps": 10}
     before = repo.params
     repo.set_params(cached)
@@ -170,6 +189,6 @@ def test_the_frozen_prefix_cache_is_built_once_for_both_ranks(repo):
         result = repo.run(*train_argv(repo, "cached"))
     finally:
         repo.set_params({key: before[key.split(".")[0]][key.split(".")[1]] for key in cached})
-    assert result.stderr.count("frozen prefix: cached") == 1
+    assert builds.read_text().split() == ["0"], result.stderr[-2000:]
     assert [path.suffix for path in (repo.root / ".cache/frozen_prefix").iterdir()] == [".safetensors"]
     assert json.loads((repo.root / "out-cached/train.json").read_text())["steps"] == 10

@@ -1,105 +1,148 @@
-"""The study report: rows from experiments' metrics, Pareto fronts, CSV, Markdown and the plot."""
+"""The study report: configurations and their labels, each at the learning rate its validation loss picks, mean and
+spread over seeds, every point accounted for (finished, failed, diverged), Pareto fronts on the means, CSV, Markdown
+and the plot."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 
 import pytest
 
-from pipeline.study.report import COLUMNS, describe_method, mark_front, rows, to_csv, to_markdown, write_report
-from pipeline.study.results import StudyPoint
+from pipeline.study.plan import Point
+from pipeline.study.report import POINT_COLUMNS, point_rows, summary_rows, to_markdown, write_report
+from pipeline.study.results import Outcome
+from pipeline.study.summary import configurations, describe, mark_front
+
+FROZEN_1 = {"freeze.trainable_blocks": 1, "freeze.head": "frozen"}
+FROZEN_2 = {"freeze.trainable_blocks": 2, "freeze.head": "frozen"}
+LORA_12 = {"finetune.method": "lora", "lora.rank": 12}
 
 
-def scores(loss: float, perplexity: float, accuracy: float) -> dict[str, float]:
-    return {"perplexity": perplexity, "accuracy": accuracy, "loss": loss}
+@pytest.fixture
+def outcome(make_params):
+    """`outcome(config, lr, seed, val_loss, ...)`: a point of that configuration and what became of it."""
+    made = {}
 
+    def make(config, learning_rate, seed, validation_loss=None, *, test_loss=None, trainable=100, train_s=10.0,
+             status=None, reason=None):  # fmt: skip
+        overrides = config | {"train.learning_rate": learning_rate, "train.seed": seed}
+        name = f"p{len(made)}"
+        made[name] = make_params(overrides, name=f"{name}.yaml")
+        point = Point(name, (), tuple(f"{key}={value}" for key, value in overrides.items()), made[name])
+        if validation_loss is None:
+            return Outcome(point, status or "failed", reason)
+        test_loss = validation_loss + 0.1 if test_loss is None else test_loss
+        finetuned = {split: {"loss": loss, "perplexity": math.exp(loss), "accuracy": 0.4}
+                     for split, loss in (("validation", validation_loss), ("test", test_loss))}  # fmt: skip
+        base = {split: {"loss": 2.5, "perplexity": math.exp(2.5), "accuracy": 0.3} for split in ("validation", "test")}
+        counts = {"parameters": {"trainable": trainable, "total": 1000}}
+        return Outcome(point, status or "finished", reason, train=counts,
+                       evaluation={"finetuned": finetuned, "base": base}, timing={"train_s": train_s})  # fmt: skip
 
-def point(name: str, blocks: int, head: str, trainable: int, perplexity: float, train_s: float | None) -> StudyPoint:
-    split = {"validation": scores(2.0, perplexity, 0.4), "test": scores(2.1, perplexity + 1, 0.39)}
-    base = {"validation": scores(2.5, 12.0, 0.3), "test": scores(2.6, 13.0, 0.29)}
-    return StudyPoint(
-        experiment=name,
-        rev=name * 2,
-        params={"freeze": {"trainable_blocks": blocks, "head": head, "train_ln_f": False}},
-        train={"parameters": {"trainable": trainable, "total": 1000}},
-        evaluation={"finetuned": split, "base": base},
-        timing={} if train_s is None else {"train_s": train_s, "tokens_per_s": 100.0, "peak_memory_gib": 1.5},
-    )
-
-
-POINTS = [
-    point("one-frozen", 1, "frozen", 100, 9.0, 10.0),
-    point("two-frozen", 2, "frozen", 200, 8.0, 30.0),
-    point("one-untied", 1, "untied", 300, 8.5, 20.0),  # costs more parameters than two-frozen and scores worse
-    point("untimed", 2, "untied", 400, 7.0, None),
-]
-
-
-def test_rows_carry_counts_scores_and_timings_sorted_by_trainable_parameters():
-    table = rows(POINTS)
-    assert [row["experiment"] for row in table] == ["one-frozen", "two-frozen", "one-untied", "untimed"]
-    first = table[0]
-    assert first["method"] == "freeze: last 1 block, head frozen"
-    assert first["trainable_percent"] == 10.0
-    assert first["validation_perplexity"] == 9 and first["test_perplexity"] == 10
-    assert first["base_validation_perplexity"] == 12
-    assert (first["train_s"], first["tokens_per_s"], first["peak_memory_gib"]) == (10.0, 100.0, 1.5)
-    assert table[3]["train_s"] is None
-
-
-def test_pareto_fronts_keep_only_points_no_other_beats():
-    by_name = {row["experiment"]: row for row in rows(POINTS)}
-    # against trainable parameters: one-untied is beaten by two-frozen (fewer parameters, lower perplexity)
-    assert {name for name, row in by_name.items() if row["pareto_params"]} == {"one-frozen", "two-frozen", "untimed"}
-    # against train time: one-untied (20 s, 8.5) is beaten by nobody; the untimed point is on no time front
-    assert {name for name, row in by_name.items() if row["pareto_time"]} == {"one-frozen", "two-frozen", "one-untied"}
-
-
-def test_a_tie_on_both_axes_leaves_both_points_on_the_front():
-    table = [{"cost": 1, "validation_perplexity": 5.0}, {"cost": 1, "validation_perplexity": 5.0}]
-    mark_front(table, "cost", "front")
-    assert [row["front"] for row in table] == [True, True]
-
-
-def test_csv_has_every_column_and_one_line_per_point():
-    parsed = list(csv.DictReader(io.StringIO(to_csv(rows(POINTS)))))
-    assert len(parsed) == len(POINTS)
-    assert tuple(parsed[0]) == COLUMNS
-    assert parsed[0]["validation_perplexity"] == "9.0"
-
-
-def test_markdown_table_has_a_row_per_point_and_marks_the_front():
-    lines = to_markdown(rows(POINTS), "Study t").splitlines()
-    table_rows = [line for line in lines if "| freeze" in line]
-    assert len(table_rows) == len(POINTS)
-    assert "★" in table_rows[0] and "—" in table_rows[3]  # on a front; no timing recorded
+    return make
 
 
 @pytest.mark.parametrize(
-    ("freeze", "name"),
+    ("overrides", "label"),
     [
-        ({"trainable_blocks": 2, "head": "untied", "train_ln_f": True}, "freeze: last 2 blocks, head untied, ln_f"),
-        ({"trainable_blocks": 0, "head": "tied", "train_ln_f": False}, "freeze: last 0 blocks, head tied"),
+        (FROZEN_1, "1 block, head frozen"),
+        ({"freeze.trainable_blocks": 2, "freeze.head": "untied", "freeze.train_ln_f": True},
+         "2 blocks, head untied, ln_f"),
+        ({"freeze.trainable_blocks": 0, "freeze.head": "tied"}, "head tied only"),
+        (LORA_12, "LoRA r12"),
+        (LORA_12 | {"lora.adapted_blocks": 2, "lora.target_modules": ["attn.c_attn", "mlp.c_fc"]},
+         "LoRA r12, last 2 blocks, attn.c_attn+mlp.c_fc"),
+        ({"finetune.method": "full"}, "full"),
     ],
-)
-def test_describe_method(freeze, name):
-    assert describe_method({"freeze": freeze}) == name
+)  # fmt: skip
+def test_labels_read_as_the_configuration(make_params, overrides, label):
+    assert describe(make_params(overrides)) == label
 
 
-def test_describe_method_names_lora_and_full_without_the_freeze_section_they_do_not_read():
-    freeze = {"trainable_blocks": 1, "head": "tied", "train_ln_f": False}
-    lora = {"rank": 12, "target_modules": ["attn.c_attn", "mlp.c_fc"], "adapted_blocks": None}
-    assert describe_method({"finetune": {"method": "lora"}, "lora": lora, "freeze": freeze}) == (
-        "lora: rank 12, 2 matrices, every block"
-    )
-    last_two = {"finetune": {"method": "lora"}, "lora": lora | {"adapted_blocks": 2}, "freeze": freeze}
-    assert describe_method(last_two) == "lora: rank 12, 2 matrices, last 2 blocks"
-    assert describe_method({"finetune": {"method": "full"}, "freeze": freeze}) == "full: every parameter"
+def test_configurations_that_read_alike_are_told_apart_by_the_params_that_differ(outcome):
+    results = [outcome(FROZEN_1, 5e-3, 42, 2.0), outcome(FROZEN_1 | {"train.epochs": 2.0}, 5e-3, 42, 2.0)]
+    labels = [config.label for config in configurations(results)]
+    assert labels == ["1 block, head frozen, train.epochs=1.0", "1 block, head frozen, train.epochs=2.0"]
 
 
-def test_write_report_writes_a_png_and_the_same_table_twice_gives_the_same_bytes(tmp_path):
-    paths = write_report(rows(POINTS), tmp_path / "a", "Study t")
-    again = write_report(rows(POINTS), tmp_path / "b", "Study t")
+def test_each_configuration_is_reported_at_the_learning_rate_with_the_lowest_mean_validation_loss(outcome):
+    results = [
+        # freeze: 1e-2 is better on validation (mean 2.05 against 2.10) but worse on test: validation decides
+        outcome(FROZEN_1, 5e-3, 42, 2.10, test_loss=1.0), outcome(FROZEN_1, 5e-3, 43, 2.10, test_loss=1.0),
+        outcome(FROZEN_1, 1e-2, 42, 2.00, test_loss=3.0), outcome(FROZEN_1, 1e-2, 43, 2.10, test_loss=3.0),
+        # LoRA: its own candidates; 2e-2 has the lowest single loss, but one of its seeds diverged
+        outcome(LORA_12, 1e-2, 42, 2.20, trainable=98), outcome(LORA_12, 1e-2, 43, 2.30, trainable=98),
+        outcome(LORA_12, 2e-2, 42, 1.50, trainable=98), outcome(LORA_12, 2e-2, 43, None, status="diverged",
+                                                                 reason="train: training diverged: the loss was nan"),
+    ]  # fmt: skip
+    freeze, lora = configurations(results)
+    assert (freeze.label, [s.learning_rate for s in freeze.settings], freeze.picked.learning_rate) == (
+        "1 block, head frozen", [5e-3, 1e-2], 1e-2)  # fmt: skip
+    assert lora.picked.learning_rate == 1e-2 and lora.at_edge == "lowest" and freeze.at_edge == "highest"
+    by_label = {row["configuration"]: row for row in summary_rows(configurations(results))}
+    assert by_label["1 block, head frozen"]["validation_loss_mean"] == pytest.approx(2.05)
+    assert by_label["1 block, head frozen"]["validation_loss_std"] == pytest.approx(0.0707107)  # sample sd of 2.0, 2.1
+    assert by_label["LoRA r12"]["learning_rates"] == "0.01 0.02" and by_label["LoRA r12"]["seeds_finished"] == 2
+    picked = {row["experiment"] for row in point_rows(results, configurations(results)) if row["picked"]}
+    assert picked == {"p2", "p3", "p4", "p5"}
+
+
+def test_a_failed_and_a_diverged_point_are_shown_as_such_and_never_on_a_front_or_best(outcome):
+    results = [
+        outcome(FROZEN_1, 5e-3, 42, 2.0, trainable=100),
+        outcome(FROZEN_2, 5e-3, 42, float("nan"), trainable=200, status="diverged", reason="not a number: loss nan"),
+        outcome(LORA_12, 1e-2, 42, None, reason="train: RuntimeError: out of memory"),
+    ]
+    configs = configurations(results)
+    summary = summary_rows(configs)
+    assert [config.picked is not None for config in configs] == [True, False, False]
+    fronts = {row["configuration"]: (row["pareto_params"], row["pareto_time"]) for row in summary}
+    assert fronts == {"1 block, head frozen": (True, True), "2 blocks, head frozen": (False, False),
+                      "LoRA r12": (False, False)}  # fmt: skip
+    markdown = to_markdown("Study t", point_rows(results, configs), summary, configs)
+    assert markdown.startswith("# Study t: 1 of 3 points finished")
+    not_finished = markdown.split("## Points not finished")[1]
+    assert "| p1 | 2 blocks, head frozen | 0.005 | 42 | diverged | not a number: loss nan |" in not_finished
+    assert "| p2 | LoRA r12 | 0.01 | 42 | failed | train: RuntimeError: out of memory |" in not_finished
+    assert "0.01 (none finished)" in markdown
+
+
+def test_a_nan_score_beats_no_point_and_sits_on_no_front():
+    table = [{"cost": 1, "quality": float("nan")}, {"cost": 2, "quality": 5.0}, {"cost": 3, "quality": 6.0}]
+    mark_front(table, "cost", "front", quality="quality")
+    assert [row["front"] for row in table] == [False, True, False]
+
+
+def test_a_tie_on_both_axes_leaves_both_points_on_the_front():
+    table = [{"cost": 1, "quality": 5.0}, {"cost": 1, "quality": 5.0}]
+    mark_front(table, "cost", "front", quality="quality")
+    assert [row["front"] for row in table] == [True, True]
+
+
+def test_markdown_gives_mean_and_spread_and_the_csv_every_point_with_its_experiment_name(outcome):
+    results = [outcome(FROZEN_1, 5e-3, seed, loss) for seed, loss in ((42, 2.0), (43, 2.2), (44, 2.1))]
+    configs = configurations(results)
+    points, summary = point_rows(results, configs), summary_rows(configs)
+    markdown = to_markdown("Study t", points, summary, configs)
+    assert "| 1 block, head frozen | 100 | 10 | **0.005** | 3/3 | 2.100 ± 0.100 | 8.19 ± 0.82 |" in markdown
+    parsed = list(csv.DictReader(io.StringIO(write_report_csv(points))))
+    assert [(row["experiment"], row["seed"], row["status"]) for row in parsed] == [
+        ("p0", "42", "finished"), ("p1", "43", "finished"), ("p2", "44", "finished")]  # fmt: skip
+
+
+def write_report_csv(points):
+    from pipeline.study.report import to_csv
+
+    return to_csv(points, POINT_COLUMNS)
+
+
+def test_write_report_writes_a_png_and_the_same_results_twice_give_the_same_bytes(outcome, tmp_path):
+    results = [outcome(FROZEN_1, 5e-3, 42, 2.0), outcome(FROZEN_1, 5e-3, 43, 2.1),
+               outcome(LORA_12, 1e-2, 42, 2.2, trainable=98), outcome(LORA_12, 1e-2, 43, None)]  # fmt: skip
+    paths = write_report("Study t", results, configurations(results), tmp_path / "a")
+    again = write_report("Study t", results, configurations(results), tmp_path / "b")
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(paths[kind].read_bytes() == again[kind].read_bytes() for kind in paths)
+    assert paths["summary"].read_text().splitlines()[0].startswith("configuration,method,learning_rate,")

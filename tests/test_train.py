@@ -21,16 +21,28 @@ pytestmark = pytest.mark.slow
 
 # A 400-line train split: 13 optimizer steps of 16 blocks per epoch, 39 in three epochs, a checkpoint every 5, a
 # validation point every 5 (on 8 blocks) and early stopping with a patience it never exhausts, so the best weights
-# travel through every checkpoint and the saved model is the best point's. In the default precision (bf16 autocast
-# where the CPU has it), which the offline profile turns off.
+# travel through every checkpoint. In the default precision (bf16 autocast where the CPU has it), which the offline
+# profile turns off.
 SMALL_RUN = {
     "data.max_train_lines": 400, "train.checkpoint_steps": 5, "train.logging_steps": 5, "train.eval_steps": 5,
     "train.eval_blocks": 8, "train.early_stopping_patience": 100, "train.bf16": True,
 }  # fmt: skip
 OUTPUTS = ("model.safetensors", "config.json", "tokenizer.json", "curve.csv", "validation.csv", "train.json")
-# The last run goes through this driver: the real stage's main, with every torch.load call's weights_only recorded.
-TORCH_LOAD_SPY = """
+# Every run of the chain goes through this driver: the real stage's main, with the validation score 10 nats worse
+# after step 10. On this run the real score falls at every point, so the best point would always be the last one
+# and a resumed run that lost its predecessors' best weights would still save the right model. With the best point
+# at step 10, before every resume of the chain (at step 10 or later, then 20 or later), the saved model is the best
+# point's only if its weights travel in the checkpoints. The last run also records every torch.load call's
+# weights_only.
+DRIVER = """
 import json, sys, torch
+from pipeline.training import validation
+step, real_loss, real_step_end = [0], validation.validation_loss, validation.ValidationCallback.on_step_end
+def on_step_end(self, args, state, control, **kwargs):
+    step[0] = state.global_step
+    return real_step_end(self, args, state, control, **kwargs)
+validation.ValidationCallback.on_step_end = on_step_end
+validation.validation_loss = lambda *args: real_loss(*args) + (10.0 if step[0] > 10 else 0.0)
 calls, real_load = [], torch.load
 def spy(*args, **kwargs):
     calls.append(kwargs.get("weights_only"))
@@ -49,6 +61,11 @@ def train_argv(repo, name: str) -> list[str]:
         "train", checkpoints=f"ck-{name}", out=f"out-{name}/model", curve=f"out-{name}/curve.csv",
         validation_curve=f"out-{name}/validation.csv", metrics=f"out-{name}/train.json",
     )  # fmt: skip
+
+
+def driven_argv(repo, name: str) -> list[str]:
+    """The train stage's command for `name`, run through DRIVER."""
+    return [sys.executable, "-c", DRIVER, *train_argv(repo, name)[3:]]
 
 
 def run_until(repo, argv: list[str], checkpoint: str, signum: int) -> subprocess.CompletedProcess:
@@ -86,10 +103,10 @@ def chain(repo):
     """Uninterrupted run; then SIGKILL after checkpoint-10, SIGTERM after checkpoint-20 of the rerun, a planted
     truncated 'newer' checkpoint and another key's folder, and a last run to the end. Returns what each did."""
     started = time.monotonic()
-    uninterrupted = repo.run(*train_argv(repo, "uninterrupted"))
-    killed = run_until(repo, train_argv(repo, "resumed"), "checkpoint-10", signal.SIGKILL)
+    uninterrupted = repo.run(*driven_argv(repo, "uninterrupted"))
+    killed = run_until(repo, driven_argv(repo, "resumed"), "checkpoint-10", signal.SIGKILL)
     outputs_after_kill = sorted(path.name for path in (repo.root / "out-resumed").glob("*"))
-    stopped = run_until(repo, train_argv(repo, "resumed"), "checkpoint-20", signal.SIGTERM)
+    stopped = run_until(repo, driven_argv(repo, "resumed"), "checkpoint-20", signal.SIGTERM)
     # The kill lands a few steps after checkpoint-10 at most; a slow poll may let checkpoint-15 through first.
     resumed_at = int(re.search(r"resuming from \S+/checkpoint-(\d+) \(step \1\)", stopped.stderr).group(1))
     (key_folder,) = [path for path in (repo.root / "ck-resumed").iterdir()]
@@ -101,7 +118,7 @@ def chain(repo):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     other_key = repo.root / "ck-resumed" / "0123456789abcdef" / "checkpoint-5"
     other_key.mkdir(parents=True)
-    finished = repo.run(sys.executable, "-c", TORCH_LOAD_SPY, *train_argv(repo, "resumed")[3:])
+    finished = repo.run(*driven_argv(repo, "resumed"))
     return {
         "uninterrupted": uninterrupted, "killed": killed, "stopped": stopped, "finished": finished,
         "survivors": survivors, "newest": newest.name, "key_folder": key_folder, "other_key": other_key,
@@ -138,6 +155,8 @@ def test_resumed_outputs_are_bitwise_those_of_an_uninterrupted_run(repo, chain):
     summary = json.loads(resumed["train.json"])
     losses = [float(row.split(",")[1]) for row in validation[1:]]
     assert summary["best_validation_loss"] == min(losses) and summary["validation_loss"] == losses[-1]
+    # The saved model is the best point's, and that point came before the resumed runs began
+    assert summary["best_step"] <= 10 <= chain["resumed_at"] and losses[-1] > summary["best_validation_loss"] + 5
     print(f"kill -9, SIGTERM and resume chain: {chain['seconds']:.0f} s")
 
 

@@ -1,18 +1,17 @@
-"""A study's grid (studies/*.yaml) and running it as queued DVC experiments.
+"""A study's grid (studies/*.yaml) expanded into its points, each with the DVC experiment name that makes it part
+of this study and no other.
 
 A grid is a list of sweeps in DVC's own `-S` sweep syntax (`freeze.trainable_blocks=range(1,4)`,
-`freeze.head=choice(tied,untied)`): one `dvc exp run --queue` per sweep queues the cross product of its lines. Several
-sweeps make a grid that is not one cross product (no point trains nothing; LoRA ranks pair with their own method).
+`train.learning_rate=choice(5.0e-3,1.0e-2)`); each sweep is the cross product of its lines, and several sweeps make a
+grid that is not one cross product (no point trains nothing; LoRA ranks and their learning rates go with LoRA only).
+DVC's own parser expands them (`dvc.utils.hydra.get_hydra_sweeps`, what `dvc exp run --queue` calls), so a point
+here is exactly the point DVC would have queued.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import hashlib
 import re
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,26 +19,28 @@ import yaml
 
 from pipeline.errors import UserError
 
-log = logging.getLogger(__name__)
-
-# `dvc queue status` rows of experiments that are still to finish (see `wait_for_queue`).
-PENDING_STATES = re.compile(r"\b(Queued|Running)\b")
-QUEUE_POLL_S = 5.0
+SEED_KEY = "train.seed"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""Study names become part of DVC experiment names, which are git ref names: no spaces, slashes or `..`."""
 
 
 @dataclass(frozen=True)
 class Grid:
     name: str
     sweeps: tuple[tuple[str, ...], ...]
-    """Each sweep: `key=value` overrides for one `dvc exp run --queue`, values in DVC's sweep syntax."""
+    """Each sweep: `key=value` overrides in DVC's sweep syntax, expanded to their cross product."""
 
 
 def load_grid(path: Path) -> Grid:
     """Read a grid file: `sweeps:` a list of lists of `key=value` strings. Problems are refused all at once."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; --grid takes one grid file, such as studies/freezing.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: no such grid file (see studies/ for examples)") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not a YAML grid file ({_one_line(error)}); see studies/ for examples") from None
     sweeps = raw.get("sweeps") if isinstance(raw, dict) else None
     if not isinstance(sweeps, list) or not sweeps:
         raise UserError(f"{path}: expected `sweeps:`, a list of sweeps, each a list of key=value strings")
@@ -48,72 +49,70 @@ def load_grid(path: Path) -> Grid:
         for index, sweep in enumerate(sweeps)
         if not isinstance(sweep, list) or not all(isinstance(line, str) and "=" in line for line in sweep)
     ]
+    if unknown := sorted(raw.keys() - {"sweeps"}):
+        issues.append(f"{', '.join(map(str, unknown))}: unknown key(s); a grid file holds only `sweeps:`")
     if issues:
         raise UserError(f"{path} has {len(issues)} problem(s):\n" + "\n".join(f"  - {i}" for i in issues))
     return Grid(path.stem, tuple(tuple(sweep) for sweep in sweeps))
 
 
-def queue_commands(grid: Grid, profile_overrides: list[str]) -> list[list[str]]:
-    """One `dvc exp run --queue` per sweep; a profile's fixed overrides come first, so the sweep's values win."""
-    fixed = [arg for override in profile_overrides for arg in ("-S", override)]
-    return [
-        ["dvc", "exp", "run", "--queue", *fixed, *(arg for line in sweep for arg in ("-S", line))]
-        for sweep in grid.sweeps
-    ]
+def with_seeds(grid: Grid, seeds: list[int]) -> Grid:
+    """Every sweep once per seed (a `train.seed` axis). A sweep that already sets the seed is refused: the grid
+    and `--seeds` would disagree on how many runs a configuration gets."""
+    if len(seeds) < 2:
+        return grid
+    clashing = [str(index) for index, sweep in enumerate(grid.sweeps) if any(_key(line) == SEED_KEY for line in sweep)]
+    if clashing:
+        raise UserError(f"--seeds {len(seeds)}: sweeps[{', '.join(clashing)}] of grid {grid.name} already set "
+                        f"{SEED_KEY}; drop that line or --seeds")  # fmt: skip
+    axis = f"{SEED_KEY}=choice({','.join(map(str, seeds))})"
+    return Grid(grid.name, tuple((*sweep, axis) for sweep in grid.sweeps))
 
 
-def run_queue(root: Path, commands: list[list[str]], jobs: int) -> None:
-    """Queue every sweep, start `jobs` workers and wait until the queue is empty."""
-    for command in commands:
-        _dvc(root, command[1:])
-    # Workers share the machine's cores: more threads per worker than cores / jobs only makes them wait on each
-    # other. They inherit this environment from `dvc queue start`.
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    _dvc(root, ["queue", "start", "--jobs", str(jobs)], env)
-    wait_for_queue(root)
+def expand(grid: Grid, fixed: list[str]) -> list[tuple[str, ...]]:
+    """Each point's overrides: `fixed` (a profile's) first, then its sweep's values, so the sweep's win. Sweeps DVC
+    cannot parse are refused together, each with the parser's reason."""
+    from dvc.exceptions import DvcException
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import get_hydra_sweeps
+    from hydra.errors import HydraException
+
+    points, issues = [], []
+    for index, sweep in enumerate(grid.sweeps):
+        try:
+            expanded = get_hydra_sweeps(to_path_overrides([*fixed, *sweep]))
+        except (HydraException, DvcException) as error:
+            issues.append(f"sweeps[{index}] {list(sweep)}: {_one_line(error)}")
+            continue
+        # One params file: DVC keys each point's overrides by the file they change.
+        points += [tuple(overrides) for point in expanded for overrides in point.values()]
+    if issues:
+        raise UserError(f"grid {grid.name}: {len(issues)} sweep(s) are not DVC's `-S` sweep syntax (`key=value`, "
+                        "`key=choice(a,b)`, `key=range(1,4)`):\n" + "\n".join(f"  - {i}" for i in issues))  # fmt: skip
+    return points
 
 
-def wait_for_queue(root: Path, poll_s: float = QUEUE_POLL_S) -> None:
-    """Block until `dvc queue status` lists no queued or running experiment."""
-    while True:
-        status = _dvc(root, ["queue", "status"])
-        pending = [line for line in status.splitlines() if PENDING_STATES.search(line)]
-        if not pending:
-            return
-        log.info("%d experiment(s) queued or running", len(pending))
-        time.sleep(poll_s)
+def point_name(study: str, baseline: str, overrides: tuple[str, ...]) -> str:
+    """The DVC experiment name of a point: the study's name and a digest of the commit and the point's overrides.
+
+    The same study and point on the same commit get the same name, so running a study again resumes it (DVC refuses
+    a second experiment of one name on one commit); any other experiment (queued by hand, or by another study)
+    has another name and stays out of this study's report."""
+    digest = hashlib.sha256("\n".join([baseline, *overrides]).encode()).hexdigest()[:8]
+    return f"{study}-{digest}"
 
 
-def _dvc(root: Path, args: list[str], env: dict[str, str] | None = None) -> str:
-    command = [sys.executable, "-m", "dvc", *args]
-    result = subprocess.run(
-        command, cwd=root, env={**os.environ, **(env or {})}, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise UserError(f"`dvc {' '.join(args)}` failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-    return result.stdout
+def check_study_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name) or ".." in name or name.endswith((".", ".lock")):
+        raise UserError(f"--name {name!r}: a study name is letters, digits, `-`, `_` and `.`, as a DVC experiment "
+                        "name (a git ref) allows")  # fmt: skip
+    return name
 
 
-LOCAL_INPUT_KEYS = (
-    "data.train_file", "data.validation_file", "data.test_file", "data.single_file", "model.name_or_path",
-)  # fmt: skip
+def _key(line: str) -> str:
+    return line.split("=", 1)[0].strip().lstrip("+~")
 
 
-def local_inputs(root: Path, flat_params: dict[str, object]) -> list[str]:
-    """The params' input paths that exist under the repo root (a hub id such as `gpt2` is no path here)."""
-    values = [flat_params.get(key) for key in LOCAL_INPUT_KEYS]
-    return [str(value) for value in values if isinstance(value, str) and (root / value).exists()]
-
-
-def untracked_inputs(root: Path, paths: list[str]) -> list[str]:
-    """The local input paths (repo-relative) that a queued experiment would not see: neither in git nor under a
-    folder whose .dvc file git knows (tracked or staged). Queued experiments run in a copy holding only those."""
-    missing = []
-    for path in paths:
-        candidates = [Path(path), *Path(path).parents][:-1]  # the path itself and each folder above it
-        known = [path] + [f"{candidate}.dvc" for candidate in candidates]
-        listed = subprocess.run(["git", "ls-files", "--", *known], cwd=root, capture_output=True, text=True)
-        if not listed.stdout.strip():
-            missing.append(path)
-    return missing
+def _one_line(error: BaseException) -> str:
+    cause = error.__cause__ or error
+    return " ".join(str(cause).split()) or type(cause).__name__

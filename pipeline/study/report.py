@@ -1,103 +1,149 @@
-"""The study's report: one row per point (CSV and Markdown) and a plot of fine-tuned perplexity against trainable
-parameters and against train time, with the Pareto front of each marked."""
+"""The study's report: every point (study.csv, with its DVC experiment name and what became of it), each
+configuration at its picked learning rate as mean and spread over seeds (summary.csv, study.md), and the plot."""
 
 from __future__ import annotations
 
 import csv
 import io
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.data.files import write_text_atomic
-from pipeline.study.results import StudyPoint
+from pipeline.study.plot import plot
+from pipeline.study.results import Outcome
+from pipeline.study.summary import Configuration, mark_front, scores
 
-COLUMNS = (
-    "experiment", "method", "trainable_params", "trainable_percent", "train_s", "tokens_per_s", "peak_memory_gib",
-    "base_validation_loss", "base_validation_perplexity", "base_validation_accuracy",
-    "validation_loss", "validation_perplexity", "validation_accuracy",
-    "base_test_loss", "base_test_perplexity", "base_test_accuracy",
-    "test_loss", "test_perplexity", "test_accuracy",
-    "pareto_params", "pareto_time",
+SCORE_COLUMNS = tuple(f"{prefix}{split}_{name}" for prefix in ("base_", "") for split in ("validation", "test")
+                      for name in ("loss", "perplexity", "accuracy"))  # fmt: skip
+POINT_COLUMNS = (
+    "experiment", "configuration", "method", "learning_rate", "seed", "status", "reason", "picked",
+    "trainable_params", "trainable_percent", "train_s", "tokens_per_s", "peak_memory_gib", *SCORE_COLUMNS,
 )  # fmt: skip
-MARKDOWN_COLUMNS = {
-    "experiment": "experiment", "method": "method", "trainable_params": "trainable", "trainable_percent": "share %",
-    "train_s": "train s",
-    "tokens_per_s": "tokens/s", "peak_memory_gib": "peak GiB", "base_validation_perplexity": "base val ppl",
-    "validation_loss": "val loss", "validation_perplexity": "val ppl", "validation_accuracy": "val acc",
-    "test_perplexity": "test ppl", "test_accuracy": "test acc", "pareto_params": "front (params)",
-    "pareto_time": "front (time)",
-}  # fmt: skip
+AVERAGED = ("validation_loss", "validation_perplexity", "validation_accuracy", "test_loss", "test_perplexity",
+            "test_accuracy", "train_s", "tokens_per_s", "peak_memory_gib")  # fmt: skip
+SUMMARY_COLUMNS = (
+    "configuration", "method", "learning_rate", "learning_rates", "seeds_finished", "seeds",
+    "trainable_params", "trainable_percent", "base_validation_perplexity",
+    *(f"{score}_{stat}" for score in AVERAGED for stat in ("mean", "std")), "pareto_params", "pareto_time",
+)  # fmt: skip
 
 
-def describe_method(params: dict[str, Any]) -> str:
-    """A short name for a point's configuration: `freeze: last 2 blocks, head untied, ln_f`, `lora: rank 8, 4
-    matrices, every block` or `full`. The part before the colon is the method, which the plot colours by."""
-    method = params.get("finetune", {}).get("method", "freeze")
-    if method == "full":
-        return "full: every parameter"
-    if method == "lora":
-        lora = params["lora"]
-        blocks = "every block" if lora["adapted_blocks"] is None else f"last {lora['adapted_blocks']} blocks"
-        return f"lora: rank {lora['rank']}, {len(lora['target_modules'])} matrices, {blocks}"
-    freeze = params["freeze"]
-    blocks = freeze["trainable_blocks"]
-    parts = [f"last {blocks} block{'s' if blocks != 1 else ''}", f"head {freeze['head']}"]
-    if freeze["train_ln_f"]:
-        parts.append("ln_f")
-    return "freeze: " + ", ".join(parts)
+def point_rows(results: Sequence[Outcome], configs: Sequence[Configuration]) -> list[dict[str, Any]]:
+    """One row per point of the grid, finished or not, in grid order."""
+    by_point = {id(outcome): config for config in configs for setting in config.settings
+                for outcome in setting.outcomes}  # fmt: skip
+    rows = []
+    for outcome in results:
+        config, params = by_point[id(outcome)], outcome.point.params
+        picked = config.picked
+        row = {"experiment": outcome.point.name, "configuration": config.label, "method": config.method,
+               "learning_rate": params.train.learning_rate, "seed": params.train.seed, "status": outcome.status,
+               "reason": outcome.reason,
+               "picked": picked is not None and picked.learning_rate == params.train.learning_rate}  # fmt: skip
+        rows.append({column: None for column in POINT_COLUMNS} | row | scores(outcome))
+    return rows
 
 
-def rows(points: Sequence[StudyPoint]) -> list[dict[str, Any]]:
-    """The report's rows, sorted by trainable parameters, then validation perplexity."""
+def summary_rows(configs: Sequence[Configuration]) -> list[dict[str, Any]]:
+    """One row per configuration at its picked learning rate, sorted by trainable parameters; fronts on the means."""
     table = []
-    for point in points:
-        counts = point.train["parameters"]
-        row = {"experiment": point.experiment, "method": describe_method(point.params),
-               "trainable_params": counts["trainable"],
-               "trainable_percent": round(100.0 * counts["trainable"] / counts["total"], 3)}  # fmt: skip
-        row |= {key: point.timing.get(key) for key in ("train_s", "tokens_per_s", "peak_memory_gib")}
-        for model, prefix in (("base", "base_"), ("finetuned", "")):
-            for split in ("validation", "test"):
-                scores = point.evaluation[model][split]
-                row |= {f"{prefix}{split}_{name}": scores[name] for name in ("loss", "perplexity", "accuracy")}
+    for config in configs:
+        picked = config.picked
+        row: dict[str, Any] = {column: None for column in SUMMARY_COLUMNS}
+        row |= {"configuration": config.label, "method": config.method,
+                "learning_rates": " ".join(f"{setting.learning_rate:g}" for setting in config.settings)}  # fmt: skip
+        if picked is not None:
+            first = picked.finished[0]
+            row |= {"learning_rate": picked.learning_rate, "seeds_finished": len(picked.finished),
+                    "seeds": len(picked.outcomes)} | {key: scores(first)[key] for key in
+                    ("trainable_params", "trainable_percent", "base_validation_perplexity")}  # fmt: skip
+            for score in AVERAGED:
+                row |= {f"{score}_mean": picked.mean(score), f"{score}_std": picked.spread(score)}
+        row["at_edge"] = config.at_edge
         table.append(row)
-    mark_front(table, "trainable_params", "pareto_params")
-    mark_front(table, "train_s", "pareto_time")
-    return sorted(table, key=lambda row: (row["trainable_params"], row["validation_perplexity"]))
+    mark_front(table, "trainable_params", "pareto_params", quality="validation_perplexity_mean")
+    mark_front(table, "train_s_mean", "pareto_time", quality="validation_perplexity_mean")
+    return sorted(table, key=lambda row: (row["trainable_params"] is None, row["trainable_params"] or 0,
+                                          row["validation_perplexity_mean"] or 0))  # fmt: skip
 
 
-def mark_front(table: list[dict[str, Any]], cost: str, column: str) -> None:
-    """Mark each row that no other row beats: none has a lower-or-equal cost and perplexity with one of them lower.
-    Rows without the cost (no timing recorded) are on no front."""
-
-    def beats(other: dict[str, Any], row: dict[str, Any]) -> bool:
-        pairs = ((other[cost], row[cost]), (other["validation_perplexity"], row["validation_perplexity"]))
-        return all(a <= b for a, b in pairs) and any(a < b for a, b in pairs)
-
-    for row in table:
-        known = row[cost] is not None
-        row[column] = known and not any(other[cost] is not None and beats(other, row) for other in table)
-
-
-def to_csv(table: Sequence[dict[str, Any]]) -> str:
+def to_csv(table: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(table)
     return buffer.getvalue()
 
 
-def to_markdown(table: Sequence[dict[str, Any]], title: str) -> str:
-    header = list(MARKDOWN_COLUMNS.values())
-    align = "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", align]
-    for row in table:
-        lines.append("| " + " | ".join(_cell(row[key]) for key in MARKDOWN_COLUMNS) + " |")
-    lines += ["", "val/test: fine-tuned scores; ppl = perplexity per token; a front row is beaten by no other row "
-              "on both perplexity and its cost (trainable parameters, or train time)."]  # fmt: skip
+def to_markdown(title: str, points: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]],
+                configs: Sequence[Configuration]) -> str:  # fmt: skip
+    """The header ("N of M points finished"), the configurations, every learning rate, and the unfinished points."""
+    finished = sum(row["status"] == "finished" for row in points)
+    lines = [f"# {title}: {finished} of {len(points)} points finished", ""]
+    lines += _summary_table(summary) + _rates_table(configs) + _unfinished_table(points)
     return "\n".join(lines) + "\n"
+
+
+def _summary_table(summary: Sequence[dict[str, Any]]) -> list[str]:
+    seeds = max((row["seeds"] or 0 for row in summary), default=0)
+    lines = [
+        f"Each configuration at the learning rate with the lowest mean validation loss over its seeds ({seeds} per "
+        "learning rate; test scores never choose), in bold among its candidates; mean ± sample standard deviation "
+        "over seeds. ★: on the Pareto front of mean validation perplexity against trainable parameters, or against "
+        "mean train time.", "",
+        "| configuration | trainable | share % | learning rate | seeds | val loss | val ppl | val acc | test ppl | "
+        "test acc | train s | front (params) | front (time) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|",
+    ]  # fmt: skip
+    for row in summary:
+        picked = f"{row['learning_rate']:g}" if row["learning_rate"] is not None else None
+        rates = " · ".join(f"**{rate}**" if rate == picked else rate for rate in row["learning_rates"].split())
+        cells = [row["configuration"], _cell(row["trainable_params"]), _cell(row["trainable_percent"]),
+                 rates if picked else f"{rates} (none finished)", f"{row['seeds_finished'] or 0}/{row['seeds'] or 0}",
+                 *(_mean_spread(row, score) for score in ("validation_loss", "validation_perplexity",
+                   "validation_accuracy", "test_perplexity", "test_accuracy", "train_s")),
+                 _cell(row["pareto_params"]), _cell(row["pareto_time"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    if edges := [f"{row['configuration']} ({row['at_edge']})" for row in summary if row["at_edge"]]:
+        lines += ["", f"Picked at an end of its candidates, so a better rate may lie beyond it: {', '.join(edges)}."]
+    return lines
+
+
+def _rates_table(configs: Sequence[Configuration]) -> list[str]:
+    lines = ["", "## Every learning rate", "", "| configuration | learning rate | finished | val loss | val ppl |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for config in configs:
+        for setting in config.settings:
+            mark = " (picked)" if setting is config.picked else ""
+            row = {f"{score}_{stat}": getattr(setting, method)(score) for score in ("validation_loss",
+                   "validation_perplexity") for stat, method in (("mean", "mean"), ("std", "spread"))}  # fmt: skip
+            lines.append(f"| {config.label} | {setting.learning_rate:g}{mark} | {len(setting.finished)}/"
+                         f"{len(setting.outcomes)} | {_mean_spread(row, 'validation_loss')} | "
+                         f"{_mean_spread(row, 'validation_perplexity')} |")  # fmt: skip
+    return lines
+
+
+def _unfinished_table(points: Sequence[dict[str, Any]]) -> list[str]:
+    unfinished = [row for row in points if row["status"] != "finished"]
+    if not unfinished:
+        return []
+    lines = ["", "## Points not finished", "", "| experiment | configuration | learning rate | seed | status | why |",
+             "|---|---|---:|---:|---|---|"]  # fmt: skip
+    return lines + [f"| {row['experiment']} | {row['configuration']} | {row['learning_rate']:g} | {row['seed']} | "
+                    f"{row['status']} | {(row['reason'] or '').replace('|', '/')} |" for row in unfinished]  # fmt: skip
+
+
+DECIMALS = {"loss": 3, "perplexity": 2, "accuracy": 3, "train_s": 1}
+"""Mean and spread of a score share its decimals, so `2.250 ± 0.004` reads as a difference in the third."""
+
+
+def _mean_spread(row: dict[str, Any], score: str) -> str:
+    mean, spread = row.get(f"{score}_mean"), row.get(f"{score}_std")
+    if mean is None:
+        return "—"
+    decimals = next(places for suffix, places in DECIMALS.items() if score.endswith(suffix))
+    return f"{mean:.{decimals}f}" if spread is None else f"{mean:.{decimals}f} ± {spread:.{decimals}f}"
 
 
 def _cell(value: Any) -> str:
@@ -112,47 +158,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def plot(table: Sequence[dict[str, Any]], path: Path) -> None:
-    """Validation perplexity against trainable parameters (log scale) and against train time, fronts joined."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-    panels = (("trainable_params", "pareto_params", "trainable parameters", "log"),
-              ("train_s", "pareto_time", "train time (s)", "linear"))  # fmt: skip
-    for axis, (cost, front, label, scale) in zip(axes, panels, strict=True):
-        _scatter(axis, table, cost, front, family_of=lambda row: row["method"].split(":")[0])
-        axis.set_xscale(scale)
-        axis.set_xlabel(label)
-        axis.set_ylabel("fine-tuned validation perplexity")
-        base = [row["base_validation_perplexity"] for row in table]
-        if base:
-            axis.axhline(min(base), color="grey", linestyle=":", label="base model")
-        axis.legend(fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, metadata={"Software": None})  # no version stamp: same table, same bytes
-    pyplot.close(figure)
-
-
-def _scatter(axis, table, cost: str, front: str, family_of: Callable[[dict], str]) -> None:
-    known = [row for row in table if row[cost] is not None and not math.isnan(row[cost])]
-    for family in sorted({family_of(row) for row in known}):
-        members = [row for row in known if family_of(row) == family]
-        axis.scatter([r[cost] for r in members], [r["validation_perplexity"] for r in members], label=family)
-    on_front = sorted((row for row in known if row[front]), key=lambda row: row[cost])
-    axis.plot([r[cost] for r in on_front], [r["validation_perplexity"] for r in on_front], color="black",
-              linewidth=1, label="Pareto front")  # fmt: skip
-    for row in known:
-        axis.annotate(row["experiment"], (row[cost], row["validation_perplexity"]), fontsize=6,
-                      xytext=(3, 3), textcoords="offset points")  # fmt: skip
-
-
-def write_report(table: Sequence[dict[str, Any]], out_dir: Path, title: str) -> dict[str, Path]:
-    """study.csv, study.md and study.png in `out_dir`; returns them by kind."""
-    paths = {"csv": out_dir / "study.csv", "markdown": out_dir / "study.md", "plot": out_dir / "study.png"}
-    write_text_atomic(paths["csv"], to_csv(table))
-    write_text_atomic(paths["markdown"], to_markdown(table, title))
-    plot(table, paths["plot"])
+def write_report(title: str, results: Sequence[Outcome], configs: Sequence[Configuration],
+                 out_dir: Path) -> dict[str, Path]:  # fmt: skip
+    """study.csv (points), summary.csv (configurations), study.md and study.png in `out_dir`; returns them by kind."""
+    points, summary = point_rows(results, configs), summary_rows(configs)
+    paths = {"points": out_dir / "study.csv", "summary": out_dir / "summary.csv", "markdown": out_dir / "study.md",
+             "plot": out_dir / "study.png"}  # fmt: skip
+    write_text_atomic(paths["points"], to_csv(points, POINT_COLUMNS))
+    write_text_atomic(paths["summary"], to_csv(summary, SUMMARY_COLUMNS))
+    write_text_atomic(paths["markdown"], to_markdown(title, points, summary, configs))
+    plot(summary, paths["plot"])
     return paths
