@@ -52,8 +52,8 @@ def outcome(make_params):
          "2 blocks, head untied, ln_f"),
         ({"freeze.trainable_blocks": 0, "freeze.head": "tied"}, "head tied only"),
         (LORA_12, "LoRA r12"),
-        (LORA_12 | {"lora.adapted_blocks": 2, "lora.target_modules": ["attn.c_attn", "mlp.c_fc"]},
-         "LoRA r12, last 2 blocks, attn.c_attn+mlp.c_fc"),
+        (LORA_12 | {"lora.adapted_blocks": 2, "lora.target_modules": ["attn_qkv", "mlp_in"]},
+         "LoRA r12, last 2 blocks, attn_qkv+mlp_in"),
         ({"finetune.method": "full"}, "full"),
     ],
 )  # fmt: skip
