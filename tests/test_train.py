@@ -130,7 +130,9 @@ def chain(repo):
 def test_sigkill_after_a_checkpoint_leaves_no_output_but_the_checkpoint(chain):
     assert chain["killed"].returncode == -signal.SIGKILL
     assert chain["outputs_after_kill"] == []
-    assert "checkpoint at step 10" in chain["killed"].stderr
+    # The checkpoint is what survives: the kill comes once complete.json exists, which may be before the stage has
+    # logged it (seen under load), so the rerun resuming from it is the evidence, not the killed run's log.
+    assert chain["resumed_at"] >= 10
 
 
 def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_143(chain):
