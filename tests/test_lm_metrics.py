@@ -81,7 +81,8 @@ class PeriodicCopyLM(nn.Module):
         self.head.weight.data *= 10
         self.base_model = self._hidden_states
 
-    def _hidden_states(self, input_ids: torch.Tensor) -> SimpleNamespace:
+    def _hidden_states(self, input_ids: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
+        # use_cache: the scorer turns transformers' key/value cache off (it scores each window once); nothing to keep
         hidden = torch.zeros(*input_ids.shape, self.vocab)
         lag = self.period - 1  # position p predicts token p+1, equal to token p+1-period
         hidden[:, lag:] = F.one_hot(input_ids[:, : input_ids.shape[1] - lag], self.vocab).float()
