@@ -284,3 +284,14 @@ def git_repo():
 def git():
     """`git(repo, *args)`: stdout of a git command run in `repo`, with a fixed identity."""
     return git_in
+
+
+def reproduce(repo: PipelineRepo, *args: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline.reproduce --repo <repo> ...`, its exit code left to the caller."""
+    return repo.run(sys.executable, "-m", "pipeline.reproduce", "--repo", str(repo.root), *args, check=False)
+
+
+def verdict_lines(output: str) -> dict[str, str]:
+    """`output path -> same/DIFFERS` from the check's table."""
+    rows = [line.split() for line in output.splitlines() if line.endswith(("same", "DIFFERS"))]
+    return {row[1]: row[-1] for row in rows}
