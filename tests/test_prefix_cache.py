@@ -23,15 +23,9 @@ def tokens(tiny_config, rows: int = 6, length: int = 16) -> torch.Tensor:
     return torch.randint(0, tiny_config.vocab_size, (rows, length), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("head", ["untied", "frozen"])
-@pytest.mark.parametrize(
-    "bf16", [False, pytest.param(True, marks=pytest.mark.skipif(not bf16_supported(), reason="no bf16"))]
-)
-def test_cached_and_uncached_paths_give_the_same_loss_and_gradients(tiny_config, head, bf16):
-    """Bitwise, with dropout on: the frozen prefix runs without it on both paths, and the trainable block draws
-    the same masks from the same seed."""
-    model = frozen_prefix_model(tiny_config, head, dropout=0.3)
-    input_ids = tokens(tiny_config)
+def assert_cached_equals_uncached(model, input_ids: torch.Tensor, bf16: bool = False) -> None:
+    """The same seed on both paths, then the loss and every trainable gradient bitwise equal; the first 2 blocks
+    are the cached prefix."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     torch.manual_seed(7)
@@ -49,6 +43,17 @@ def test_cached_and_uncached_paths_give_the_same_loss_and_gradients(tiny_config,
     assert cached.item() == uncached.item()
     for parameter, expected in zip(trainable, uncached_grads, strict=True):
         assert torch.equal(parameter.grad, expected)
+
+
+@pytest.mark.parametrize("head", ["untied", "frozen"])
+@pytest.mark.parametrize(
+    "bf16", [False, pytest.param(True, marks=pytest.mark.skipif(not bf16_supported(), reason="no bf16"))]
+)
+def test_cached_and_uncached_paths_give_the_same_loss_and_gradients(tiny_config, head, bf16):
+    """Bitwise, with dropout on: the frozen prefix runs without it on both paths, and the trainable block draws
+    the same masks from the same seed."""
+    model = frozen_prefix_model(tiny_config, head, dropout=0.3)
+    assert_cached_equals_uncached(model, tokens(tiny_config), bf16)
 
 
 @pytest.mark.parametrize(("head", "frozen"), [("tied", False), ("untied", True), ("frozen", True)])
@@ -135,18 +140,4 @@ def test_cached_and_uncached_paths_agree_on_every_family(tiny_lm, model_type, co
     model = tiny_lm(model_type, num_hidden_layers=3, **config)
     apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=True, head=head))
     model.train()
-    input_ids = torch.randint(0, 100, (6, 16), generator=torch.Generator().manual_seed(1))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    torch.manual_seed(7)
-    uncached = WholeModelTrainee(model).train()(input_ids=input_ids, labels=input_ids).loss
-    uncached.backward()
-    uncached_grads = [p.grad.clone() for p in trainable]
-    model.zero_grad(set_to_none=True)
-
-    prefix = compute_prefix(model, input_ids, prefix_blocks=2, batch_size=4, bf16=False)
-    torch.manual_seed(7)
-    cached = FrozenPrefixTail(model, prefix_blocks=2).train()(prefix_hidden_states=prefix, labels=input_ids).loss
-    cached.backward()
-    assert cached.item() == uncached.item()
-    for parameter, expected in zip(trainable, uncached_grads, strict=True):
-        assert torch.equal(parameter.grad, expected)
+    assert_cached_equals_uncached(model, torch.randint(0, 100, (6, 16), generator=torch.Generator().manual_seed(1)))
