@@ -51,11 +51,24 @@ def machine_description() -> str:
             ),
             cpu,
         )
-    parts = [cpu, f"{psutil.cpu_count(logical=True)} logical CPUs", f"{torch.get_num_threads()} torch threads"]
+    parts = [
+        cpu,
+        isa_description(),
+        f"{psutil.cpu_count(logical=True)} logical CPUs",
+        f"{torch.get_num_threads()} torch threads",
+    ]
     if torch.cuda.is_available():
         parts.append(f"GPU {torch.cuda.get_device_name()}")
     parts += [f"torch {torch.__version__}", f"transformers {transformers.__version__}", f"{datetime.date.today()}"]
     return ", ".join(parts)
+
+
+def isa_description() -> str:
+    """The ISA torch's CPU kernels dispatch to, and the bf16 units oneDNN can use: AMX tiles or AVX512-BF16 (a
+    benchmark's rate against the same run's GEMM compares across the two; its absolute figures do not)."""
+    units = [name for name, present in (("AMX", torch.cpu._is_amx_tile_supported()),
+                                        ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported())) if present]  # fmt: skip
+    return f"torch CPU capability {torch.backends.cpu.get_cpu_capability()} ({', '.join(units) or 'no bf16 units'})"
 
 
 DATASHEET_BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))

@@ -8,10 +8,8 @@ pipeline.training.prefix_cache train on its cached output and get the same loss.
 The embedding dropout (GPT-2's and GPT-NeoX's; Llama has none) counts as part of the prefix unless the embedding
 trains (the `tied` head).
 
-GPT-2's activation, `gelu_new`, is the tanh approximation of GELU written as five elementwise ops, each a pass over
-memory and an autograd node; the trainee swaps it for torch's `gelu(approximate="tanh")`, the same function in one
-kernel (transformers' `gelu_pytorch_tanh`; its gain: docs/performance.md), wherever a block holds one. The config
-is left as it is, so the saved model is unchanged.
+GPT-2's activation, `gelu_new` (five elementwise ops), runs as the same function in one kernel
+(pipeline/activations.py) wherever a block holds one; the config is left as it is, so the saved model is unchanged.
 
 The module's state dict is the wrapped model's, key for key, so the Trainer's checkpoints load into the model's
 own class and back.
@@ -21,9 +19,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.activations import ACT2FN, NewGELUActivation
 from transformers.modeling_outputs import CausalLMOutput
 
+from pipeline.activations import fuse_gelu_new
 from pipeline.training.freeze import FrozenLayout
 from pipeline.training.layout import ModelLayout
 from pipeline.training.linear_cross_entropy import VOCAB_MULTIPLE, causal_lm_loss
@@ -105,12 +103,3 @@ class WholeModelTrainee(Trainee):
         # The final norm applied; no key/value cache, which training never reads.
         last_hidden_states = self.parts.body(input_ids=input_ids, use_cache=False).last_hidden_state
         return self.loss(last_hidden_states, labels, loss_kwargs)
-
-
-def fuse_gelu_new(block: nn.Module) -> None:
-    """Swap every `gelu_new` in `block` for the same function in one kernel (see the module docstring); found by
-    type, so whatever a family names its activation."""
-    for module in list(block.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, NewGELUActivation):
-                setattr(module, name, ACT2FN["gelu_pytorch_tanh"])

@@ -1,0 +1,23 @@
+"""GPT-2's activation in one kernel, for the train and evaluate stages alike.
+
+GPT-2's `gelu_new` is the tanh approximation of GELU written as five elementwise ops, each a pass over memory (and,
+in training, an autograd node); torch's `gelu(approximate="tanh")` is the same function in one kernel
+(transformers' `gelu_pytorch_tanh`), equal to it within one float32 rounding. The train stage trains with it and
+validates with it, so evaluate scores with it too: the model is measured as it was trained, and faster (gains in
+docs/performance.md). The config keeps saying `gelu_new`, so the saved model is unchanged; lm-eval (the harness
+stage) runs the model as its config builds it.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers.activations import ACT2FN, NewGELUActivation
+
+
+def fuse_gelu_new(module: nn.Module) -> None:
+    """Swap every `gelu_new` under `module` for the same function in one kernel; found by type, so whatever a
+    family names its activation (families without one are left as they are)."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, NewGELUActivation):
+                setattr(parent, name, ACT2FN["gelu_pytorch_tanh"])
