@@ -139,8 +139,7 @@ def _retention_scores(summary: Sequence[dict[str, Any]]) -> list[str]:
     (a study whose points ran without the harness stages)."""
     if not any(row.get(f"{RETENTION_MEAN}_mean") is not None for row in summary):
         return []
-    return [key.removesuffix("_mean") for key in summary[0] if key.startswith("retention") and key.endswith("_mean")
-            and key != f"{RETENTION_MEAN}_std"]  # fmt: skip
+    return [key.removesuffix("_mean") for key in summary[0] if key.startswith("retention") and key.endswith("_mean")]
 
 
 def _rates_table(configs: Sequence[Configuration]) -> list[str]:
