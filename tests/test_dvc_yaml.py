@@ -115,3 +115,17 @@ def test_the_folders_local_inputs_must_lie_in_are_the_deps_of_every_stage_that_r
     # And no other local folder is tracked: a dep there would make the loader refuse what DVC tracks.
     local_deps = {dep for stage in STAGES.values() for dep in stage["deps"] if dep.startswith("local/")}
     assert local_deps == set(TRACKED_FOLDERS.values())
+
+
+def test_only_evaluate_has_an_uncached_output_that_is_no_metric_so_the_run_cache_restores_every_other_stage():
+    # DVC saves no run-cache entry for a stage with an uncached output other than a metric or plot (`no_cache_outs`
+    # in dvc/stage/__init__.py): a metrics file declared as an uncached `outs` entry made each queued study point
+    # run prepare, tokenize, evaluate_base and harness_base again.
+    uncached = {
+        name: [next(iter(entry)) for entry in stage.get("outs") or () if isinstance(entry, dict)
+               and next(iter(entry.values())).get("cache") is False]
+        for name, stage in STAGES.items()
+    }  # fmt: skip
+    assert {name: paths for name, paths in uncached.items() if paths} == {"evaluate": ["${samples_file}"]}
+    assert all(resolve(next(iter(entry)) if isinstance(entry, dict) else entry).startswith("metrics/")
+               for stage in STAGES.values() for entry in stage.get("metrics") or ())  # fmt: skip

@@ -107,10 +107,23 @@ def test_booleans_are_not_numbers_and_ints_are_floats(tmp_path):
     assert load_params(write_params(tmp_path, {"train.epochs": 2})).train.epochs == 2
 
 
-def test_bare_exponent_is_a_string_in_yaml_and_refused(tmp_path):
+def test_a_decimal_string_in_a_float_field_is_the_float_it_means_and_other_text_is_refused(tmp_path):
+    # `5e-05` is how DVC writes a swept 5e-5 back into params.yaml; YAML 1.1 needs a dot to read it as a float.
     path = write_params(tmp_path)
-    path.write_text(path.read_text().replace("learning_rate: 5.0e-05", "learning_rate: 5e-5"))
-    assert "train.learning_rate: expected float, got '5e-5'" in problems(path)
+    path.write_text(path.read_text().replace("learning_rate: 5.0e-05", "learning_rate: 5e-05"))
+    assert yaml.safe_load(path.read_text())["train"]["learning_rate"] == "5e-05"
+    assert load_params(path).train.learning_rate == 5e-5
+    fractions = load_params(write_params(tmp_path, {"data.split_fractions": ["8e-1", 0.1, "1E-1"]})).data
+    assert fractions.split_fractions == [0.8, 0.1, 0.1]
+    message = problems(write_params(tmp_path, {"train.learning_rate": "fast", "train.batch_size": "16"}))
+    assert "train.learning_rate: expected float, got 'fast'" in message
+    assert "train.batch_size: expected int, got '16'" in message  # only float fields read text as numbers
+
+
+def test_a_profile_may_give_a_float_as_dvc_writes_it(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("train:\n  learning_rate: 5e-05\n")
+    assert read_overrides(profile) == {"train.learning_rate": 5e-5}
 
 
 @pytest.mark.parametrize(

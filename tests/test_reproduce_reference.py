@@ -1,6 +1,16 @@
 """The committed reference of a profile's metrics: what counts as within tolerance, and the file's round trip."""
 
-from pipeline.reproduce.reference import compare_with_reference, read_reference, reference_report, write_reference
+from pathlib import Path
+
+import pytest
+
+from pipeline.reproduce.reference import (
+    compare_with_reference,
+    example_tolerances,
+    read_reference,
+    reference_report,
+    write_reference,
+)
 
 
 def test_floats_are_compared_relative_to_their_magnitude():
@@ -38,3 +48,36 @@ def test_the_reference_file_round_trips_metrics_and_tolerance(tmp_path):
     write_reference(path, "ci", {"b": 2.5, "a": 1}, tolerance=0.02)
     assert read_reference(path) == ({"a": 1, "b": 2.5}, 0.02)
     assert "--profile ci --update" in path.read_text()
+
+
+HARNESS = {
+    "harness.json:examples.choice": 40, "harness.json:examples.wiki": 19,
+    "harness.json:finetuned.choice.acc": 0.25, "harness.json:difference.choice.acc": 0.0,
+    "harness.json:retention.choice": 0.0, "harness.json:retention_mean": 0.0,
+    "harness_base.json:examples.choice": 40, "harness_base.json:scores.choice.acc_norm": 0.3,
+    "harness.json:finetuned.wiki.word_perplexity": 36.5,
+}  # fmt: skip
+COUNTED = sorted(key for key, value in HARNESS.items() if isinstance(value, float) and "perplexity" not in key)
+
+
+def outside(actual: dict[str, object]) -> list[str]:
+    return [key for key, *_, ok in compare_with_reference(HARNESS, actual, tolerance=2e-2) if not ok]
+
+
+def test_lm_eval_accuracies_and_retention_may_move_by_one_example_of_their_task_and_no_more():
+    def moved(by: float) -> dict[str, object]:
+        return HARNESS | {key: HARNESS[key] + by for key in COUNTED}
+
+    assert outside(moved(1 / 40)) == []  # one answer flipped by another CPU's last bits
+    assert outside(moved(-1 / 40)) == []
+    assert outside(moved(2 / 40)) == COUNTED
+    # A perplexity counts nothing: the relative tolerance alone (2e-2 of 36.5 is 0.73)
+    perplexity = "harness.json:finetuned.wiki.word_perplexity"
+    assert outside(HARNESS | {perplexity: 37.5}) == [perplexity]
+
+
+def test_the_committed_ci_reference_allows_one_example_on_every_lm_eval_accuracy():
+    metrics, _ = read_reference(Path(__file__).resolve().parents[1] / "reference" / "ci_metrics.json")
+    counted = {key for key in metrics if key.endswith((".acc", ".acc_norm", ":retention_mean")) or ":retention." in key}
+    assert len(counted) == 15
+    assert example_tolerances(metrics) == pytest.approx(dict.fromkeys(counted, 1 / 40))

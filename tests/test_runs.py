@@ -204,3 +204,22 @@ def test_two_processes_opening_a_new_store_at_once_both_succeed_and_it_is_in_wal
     assert [worker.returncode for worker in workers] == [0, 0], errors
     with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as database:
         assert database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_under_dvc_each_stage_ends_the_group_and_the_next_stage_of_the_same_dvc_process_reopens_it(
+    client, make_params, monkeypatch
+):
+    from pipeline.tracking import runs
+
+    params = make_params()
+    monkeypatch.setattr(runs, "dvc_process", lambda: "4242@1.000")
+    with stage_run("harness_base", params, ("harness",)) as first:
+        pass
+    assert client.get_run(first.group_run_id).info.status == "FINISHED"  # DVC may skip every stage after this one
+    with stage_run("harness", params, ("harness",)) as second:
+        assert client.get_run(second.group_run_id).info.status == "RUNNING"
+    assert (second.group_run_id, client.get_run(second.group_run_id).info.status) == (first.group_run_id, "FINISHED")
+    monkeypatch.setattr(runs, "dvc_process", lambda: "4343@2.000")  # the next `dvc repro`, same params and commit
+    with stage_run("harness", params, ("harness",)) as later:
+        pass
+    assert later.group_run_id != first.group_run_id

@@ -26,7 +26,7 @@ def outcome(make_params):
     made = {}
 
     def make(config, learning_rate, seed, validation_loss=None, *, test_loss=None, trainable=100, train_s=10.0,
-             status=None, reason=None):  # fmt: skip
+             status=None, reason=None, retention=None):  # fmt: skip
         overrides = config | {"train.learning_rate": learning_rate, "train.seed": seed}
         name = f"p{len(made)}"
         made[name] = make_params(overrides, name=f"{name}.yaml")
@@ -38,8 +38,14 @@ def outcome(make_params):
                      for split, loss in (("validation", validation_loss), ("test", test_loss))}  # fmt: skip
         base = {split: {"loss": 2.5, "perplexity": math.exp(2.5), "accuracy": 0.3} for split in ("validation", "test")}
         counts = {"parameters": {"trainable": trainable, "total": 1000}}
-        return Outcome(point, status or "finished", reason, train=counts,
-                       evaluation={"finetuned": finetuned, "base": base}, timing={"train_s": train_s})  # fmt: skip
+        # metrics/harness.json's retention part: fine-tuned minus base accuracy per retention task, and their mean
+        harness = (
+            None
+            if retention is None
+            else {"retention": retention, "retention_mean": sum(retention.values()) / len(retention)}
+        )
+        return Outcome(point, status or "finished", reason, train=counts, evaluation={"finetuned": finetuned,
+                       "base": base}, timing={"train_s": train_s}, harness=harness)  # fmt: skip
 
     return make
 
@@ -146,3 +152,77 @@ def test_write_report_writes_a_png_and_the_same_results_twice_give_the_same_byte
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(paths[kind].read_bytes() == again[kind].read_bytes() for kind in paths)
     assert paths["summary"].read_text().splitlines()[0].startswith("configuration,method,learning_rate,")
+
+
+def test_retention_per_task_and_its_mean_are_columns_of_each_point_and_mean_and_sd_over_seeds_per_configuration(
+    outcome, tmp_path
+):
+    results = [outcome(FROZEN_1, 5e-3, 42, 2.0, retention={"choice": -0.05, "last_word": -0.10}),
+               outcome(FROZEN_1, 5e-3, 43, 2.1, retention={"choice": -0.15, "last_word": 0.04}),
+               outcome(FROZEN_1, 5e-3, 44, None, reason="harness: failed")]  # fmt: skip
+    paths = write_report("Study t", results, configurations(results), tmp_path)
+    points = list(csv.DictReader(io.StringIO(paths["points"].read_text())))
+    columns = ("retention.choice", "retention.last_word", "retention_mean")
+    assert [[float(row[key]) for key in columns] for row in points[:2]] == [
+        pytest.approx([-0.05, -0.10, -0.075]), pytest.approx([-0.15, 0.04, -0.055])]  # fmt: skip
+    assert [points[2][key] for key in columns] == ["", "", ""]  # the failed point has none
+    (summary,) = csv.DictReader(io.StringIO(paths["summary"].read_text()))
+    expected = {
+        "retention.choice_mean": -0.10,
+        "retention.choice_std": 0.0707107,
+        "retention.last_word_mean": -0.03,
+        "retention_mean_mean": -0.065,
+        "retention_mean_std": 0.0141421,
+        "retention.last_word_std": 0.0989949,
+    }
+    assert {key: float(summary[key]) for key in expected} == pytest.approx(expected, abs=1e-6)
+    markdown = paths["markdown"].read_text()
+    assert "| train s | retention choice | retention last_word | retention mean | front (params) |" in markdown
+    assert "| 10.0 ± 0.0 | -0.100 ± 0.071 | -0.030 ± 0.099 | -0.065 ± 0.014 | ★ | ★ | ★ |" in markdown
+
+
+def test_a_study_without_harness_scores_has_no_retention_in_its_markdown(outcome):
+    results = [outcome(FROZEN_1, 5e-3, 42, 2.0), outcome(FROZEN_1, 5e-3, 43, 2.1)]
+    configs = configurations(results)
+    markdown = to_markdown("Study t", point_rows(results, configs), summary_rows(configs), configs)
+    assert "retention" not in markdown and "| front (params) | front (time) |" in markdown
+
+
+def retention_study(outcome):
+    """Four configurations: the lowest perplexity and the highest retention (both on the retention front), one that
+    both of those beat, and the lowest perplexity of all with no harness scores (on no retention front)."""
+    return [
+        outcome(FROZEN_1, 5e-3, 42, 2.0, trainable=100, retention={"choice": -0.10}),
+        outcome(FROZEN_2, 5e-3, 42, 2.2, trainable=200, retention={"choice": 0.0}),
+        outcome(LORA_12, 1e-2, 42, 2.3, trainable=98, retention={"choice": -0.05}),
+        outcome(FROZEN_1 | {"train.epochs": 2.0}, 5e-3, 42, 1.5, trainable=100),
+    ]
+
+
+def test_the_retention_front_takes_lower_perplexity_and_higher_retention_as_better_and_skips_unknown(outcome):
+    by_label = {row["configuration"]: row["pareto_retention"] for row in
+                summary_rows(configurations(retention_study(outcome)))}  # fmt: skip
+    assert by_label == {"1 block, head frozen, train.epochs=1.0": True, "2 blocks, head frozen": True,
+                        "LoRA r12": False, "1 block, head frozen, train.epochs=2.0": False}  # fmt: skip
+
+
+def test_a_nan_retention_is_on_no_front_and_beats_none():
+    table = [{"ppl": 5.0, "kept": float("nan")}, {"ppl": 6.0, "kept": -0.1}, {"ppl": 7.0, "kept": -0.2}]
+    mark_front(table, "kept", "front", quality="ppl", higher_is_better=("kept",))
+    assert [row["front"] for row in table] == [False, True, False]
+
+
+def test_the_plot_has_a_third_panel_of_perplexity_against_retention_with_its_front(outcome):
+    from matplotlib import pyplot
+
+    from pipeline.study.plot import figure
+
+    drawn = figure(summary_rows(configurations(retention_study(outcome))))
+    try:
+        retention_axis = drawn.axes[2]
+        assert "retention" in retention_axis.get_xlabel()
+        (front,) = [line for line in retention_axis.lines if line.get_label() == "Pareto front of the means"]
+        assert list(front.get_xdata()) == pytest.approx([-0.10, 0.0])
+        assert list(front.get_ydata()) == pytest.approx([math.exp(2.0), math.exp(2.2)])
+    finally:
+        pyplot.close(drawn)

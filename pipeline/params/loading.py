@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.params.checks import model_config_issues, value_issues
-from pipeline.params.schema import Params, ParamsError, describe, matches, read_yaml, section_issues
+from pipeline.params.schema import (
+    Params,
+    ParamsError,
+    as_float,
+    describe,
+    matches,
+    read_yaml,
+    section_issues,
+    with_floats,
+)
 
 
 def load_params(path: str | Path, load_model_config: Callable[[str], Any] | None = None) -> Params:
@@ -29,10 +38,11 @@ def load_params(path: str | Path, load_model_config: Callable[[str], Any] | None
         elif not isinstance(raw[name], dict):
             issues.append(f"{name}: must be a mapping of keys, got {type(raw[name]).__name__}")
         else:
-            found = section_issues(name, raw[name], section_type)
+            values = with_floats(raw[name], section_type)
+            found = section_issues(name, values, section_type)
             issues.extend(found)
             if not found:
-                sections[name] = section_type(**raw[name])
+                sections[name] = section_type(**values)
     if not issues:
         params = Params(**sections)
         issues.extend(value_issues(params))
@@ -56,6 +66,7 @@ def read_overrides(path: str | Path) -> dict[str, Any]:
             continue
         fields = typing.get_type_hints(section_types[section])
         for key, value in values.items():
+            value = as_float(value, fields[key]) if key in fields else value
             if key not in fields:
                 issues.append(f"{section}.{key}: unknown key (known: {', '.join(fields)})")
             elif not matches(value, fields[key]):

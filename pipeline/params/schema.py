@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -73,6 +74,30 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must be a mapping of sections (mlflow, data, model, ...), got {type(raw).__name__}")
     return raw
+
+
+DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+"""A number written in decimal, with or without a dot: YAML 1.1 (PyYAML) reads `5e-05` as a string, because its
+float needs a dot, and that is how DVC writes a swept or `-S` 5e-5 back into params.yaml."""
+
+
+def with_floats(values: dict[str, Any], section_type: type) -> dict[str, Any]:
+    """A section's values with each decimal string in a float field (`5e-05`) made the float it means; everything
+    else as it was, to be checked by `section_issues`."""
+    fields = typing.get_type_hints(section_type)
+    return {key: as_float(value, fields[key]) if key in fields else value for key, value in values.items()}
+
+
+def as_float(value: Any, annotation: Any) -> Any:
+    if matches(value, annotation):  # a string where text is allowed stays text
+        return value
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and isinstance(value, list):
+        return [as_float(item, args[0]) for item in value]
+    takes_float = annotation is float or (origin in (typing.Union, types.UnionType) and float in args)
+    if takes_float and isinstance(value, str) and DECIMAL.fullmatch(value):
+        return float(value)
+    return value
 
 
 def section_issues(section: str, values: dict[str, Any], section_type: type) -> list[str]:

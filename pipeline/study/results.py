@@ -26,6 +26,7 @@ from pipeline.tracking.runs import newest_run
 
 EVAL_METRICS = "metrics/eval.json"
 TRAIN_METRICS = "metrics/train.json"
+HARNESS_METRICS = "metrics/harness.json"
 SCORES = ("loss", "perplexity", "accuracy")
 TO_QUEUE = ("not queued", "failed")
 """Statuses a study run again queues anew. Not `diverged`: the same params diverge again."""
@@ -42,6 +43,8 @@ class Outcome:
     """metrics/train.json of a finished (or diverged) point."""
     evaluation: dict[str, Any] | None = None
     """metrics/eval.json: fine-tuned and base scores per split."""
+    harness: dict[str, Any] | None = None
+    """metrics/harness.json (lm-eval's scores and retention), where the point's pipeline had the harness stages."""
     timing: dict[str, float] = field(default_factory=dict)
     """From the point's MLflow train run: train_s, tokens_per_s, peak_memory_gib (absent when unknown)."""
     group_run_id: str | None = None
@@ -92,7 +95,9 @@ def outcomes(
             bad = [f"{split} {score} {value}" for split, scores in evaluation["finetuned"].items()
                    for score, value in scores.items() if score in SCORES and not _finite(value)]  # fmt: skip
             status, reason = ("diverged", f"not a number: {', '.join(bad)}") if bad else ("finished", None)
-            results.append(Outcome(point, status, reason, metrics[TRAIN_METRICS], evaluation))
+            results.append(
+                Outcome(point, status, reason, metrics[TRAIN_METRICS], evaluation, harness=metrics.get(HARNESS_METRICS))
+            )
         elif entry is not None and entry.status in ("Queued", "Running"):
             results.append(Outcome(point, entry.status.lower()))
         elif entry is not None and entry.status == "Failed":

@@ -20,6 +20,8 @@ from pipeline.study.results import Outcome
 
 TUNED = ("train.learning_rate", "train.seed")
 """Params that do not make another configuration: the one tuned per configuration, and the seed repeated."""
+RETENTION_MEAN = "retention_mean"
+"""The mean over retention tasks of fine-tuned minus base accuracy (metrics/harness.json): what a point kept."""
 
 
 def configuration_key(params: Params) -> str:
@@ -145,18 +147,31 @@ def scores(outcome: Outcome) -> dict[str, Any]:
         for split in ("validation", "test"):
             split_scores = outcome.evaluation[model][split]
             row |= {f"{prefix}{split}_{name}": split_scores[name] for name in ("loss", "perplexity", "accuracy")}
+    if outcome.harness is not None:  # points run before the harness stages existed have none
+        row |= {f"retention.{task}": value for task, value in (outcome.harness.get("retention") or {}).items()}
+        row[RETENTION_MEAN] = outcome.harness.get(RETENTION_MEAN)
     return row
 
 
-def mark_front(table: list[dict[str, Any]], cost: str, column: str, quality: str = "validation_perplexity") -> None:
-    """Mark each row that no other row beats: none has a lower-or-equal cost and `quality` with one of them lower.
-    Rows without a finite cost or quality (no timing recorded, a diverged score) are on no front and beat none."""
+def retention_columns(results: Sequence[Outcome]) -> tuple[str, ...]:
+    """`retention.<task>` for each retention task a point reports, in the order first met, then `retention_mean`."""
+    tasks = dict.fromkeys(task for outcome in results if outcome.harness is not None
+                          for task in outcome.harness.get("retention") or {})  # fmt: skip
+    return (*(f"retention.{task}" for task in tasks), RETENTION_MEAN)
+
+
+def mark_front(table: list[dict[str, Any]], cost: str, column: str, quality: str = "validation_perplexity",
+               higher_is_better: Sequence[str] = ()) -> None:  # fmt: skip
+    """Mark each row that no other row beats: none has a lower-or-equal cost and `quality` with one of them lower
+    (higher, for the keys in `higher_is_better`, such as retention). Rows without a finite cost or quality (no
+    timing recorded, a diverged score, no harness scores) are on no front and beat none."""
 
     def known(row: dict[str, Any]) -> bool:
         return all(isinstance(row.get(key), int | float) and math.isfinite(row[key]) for key in (cost, quality))
 
     def beats(other: dict[str, Any], row: dict[str, Any]) -> bool:
-        pairs = ((other[cost], row[cost]), (other[quality], row[quality]))
+        signs = {key: -1 if key in higher_is_better else 1 for key in (cost, quality)}
+        pairs = [(signs[key] * other[key], signs[key] * row[key]) for key in (cost, quality)]
         return all(a <= b for a, b in pairs) and any(a < b for a, b in pairs)
 
     candidates = [row for row in table if known(row)]

@@ -6,8 +6,11 @@ parent ("group") run with that key, or creates it. The group run holds *all* par
 (`closes_group=True`, which also sets it FINISHED), the headline metrics, so the MLflow UI compares configurations
 row by row without opening child runs. A stage's own run is a child with the params it reads, its metrics,
 artifacts and the DVC hash of each input. A failing stage ends its run and the group FAILED (KILLED when
-interrupted), so a retry starts a new group; a stage that succeeds without closing leaves the group RUNNING. A
-stage killed too hard to do any of that (kill -9) leaves both RUNNING until the next stage marks them FAILED
+interrupted), so a retry starts a new group. A stage run by hand that succeeds without closing leaves the group
+RUNNING for the next. A stage run by DVC ends the group FINISHED whatever it is, because DVC skips the stages after
+one whose outputs came out unchanged, the last included; the next stage of the same DVC process (tag
+`pipeline.dvc_process`, pipeline/tracking/dvc_process.py) joins that group and sets it RUNNING again. A stage
+killed too hard to do any of that (kill -9) leaves both RUNNING until the next stage marks them FAILED
 (pipeline/tracking/stale_runs.py, which says how it recognises them).
 
 The store is SQLite under `<repo root>/mlruns/` (MLflow 3.x refuses a plain `./mlruns` file store unless forced).
@@ -34,6 +37,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.errors import UserError
 from pipeline.params import Params
+from pipeline.tracking.dvc_process import dvc_process
 from pipeline.tracking.lineage import INPUT_TAG_PREFIX, git, group_key, input_tags, lineage_tags, redact
 from pipeline.tracking.stale_runs import fail_stale_models, fail_stale_runs, process_tags
 from pipeline.tracking.store_lock import (
@@ -51,6 +55,7 @@ logger = logging.getLogger(__name__)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 GROUP_KEY_TAG = "pipeline.group_key"
+DVC_PROCESS_TAG = "pipeline.dvc_process"
 NOTE_TAG = "mlflow.note.content"
 # One sample every 5 s: the offline profile trains for tens of seconds, GPT-2 small for minutes to hours.
 SYSTEM_METRICS_INTERVAL_S = 5
@@ -82,6 +87,8 @@ class StageRun:
     client: MlflowClient
     run_id: str
     group_run_id: str
+    ends_group: bool = False
+    """Whether the stage ends its group FINISHED however it is marked: a stage run by DVC, which may skip the rest."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """On the stage's run."""
@@ -190,14 +197,15 @@ def _open_runs(stage: str, params: Params, reads: Sequence[str], inputs: Sequenc
     experiment_id = get_or_create_experiment(client, params.mlflow.experiment, root)
     fail_stale_runs(client, experiment_id)  # first, so a group that a killed stage left RUNNING is not joined
     fail_stale_models(client, experiment_id)  # after: a model whose run was just failed is left PENDING no more
-    group_run_id = _group_run_id(client, experiment_id, params, lineage, group_key(root, params, lineage))
+    process = dvc_process()
+    group_run_id = _group_run_id(client, experiment_id, params, lineage, group_key(root, params, lineage), process)
     tags = {**lineage, **inputs_hashed, **process_tags(), "mlflow.parentRunId": group_run_id}
     run_id = client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id
     read = {key: value for key, value in params.flat().items() if any(_names(name, key) for name in reads)}
     _log_params(client, run_id, read)
     _log_datasets(client, run_id, stage, inputs_hashed)
     logger.info("MLflow run %s (stage %s) in group %s at %s", run_id, stage, group_run_id, tracking_uri(root))
-    return StageRun(client, run_id, group_run_id)
+    return StageRun(client, run_id, group_run_id, ends_group=process is not None)
 
 
 def _log_datasets(client: MlflowClient, run_id: str, stage: str, inputs_hashed: Mapping[str, str]) -> None:
@@ -297,11 +305,19 @@ def newest_run(client: MlflowClient, experiment_id: str, filter_string: str) -> 
     return found[0] if found else None
 
 
-def _group_run_id(client: MlflowClient, experiment_id: str, params: Params, lineage: dict[str, str], key: str) -> str:
-    running = newest_run(client, experiment_id, f"tags.`{GROUP_KEY_TAG}` = '{key}' and attributes.status = 'RUNNING'")
-    if running:
-        return running.info.run_id
-    tags = {**lineage, GROUP_KEY_TAG: key}
+def _group_run_id(
+    client: MlflowClient, experiment_id: str, params: Params, lineage: dict[str, str], key: str, process: str | None
+) -> str:
+    """The group to join: under DVC, the one this DVC process opened, RUNNING again if its last stage ended it;
+    by hand, the newest RUNNING one with the key. Else a new one."""
+    query = f"tags.`{GROUP_KEY_TAG}` = '{key}' and "
+    query += f"tags.`{DVC_PROCESS_TAG}` = '{process}'" if process else "attributes.status = 'RUNNING'"
+    found = newest_run(client, experiment_id, query)
+    if found and found.info.status in ("RUNNING", "FINISHED"):  # not a group that a failed stage ended
+        if found.info.status == "FINISHED":
+            client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id
+    tags = {**lineage, GROUP_KEY_TAG: key} | ({DVC_PROCESS_TAG: process} if process else {})
     run_id = client.create_run(experiment_id, run_name=f"pipeline-{params.digest()[:8]}", tags=tags).info.run_id
     _log_params(client, run_id, params.flat())
     logger.info("Started MLflow group run %s for params %s", run_id, params.digest())
@@ -339,7 +355,7 @@ def _finish(run: StageRun, started: float, closes_group: bool) -> None:
             raise locked from None
         _terminate(run, "FAILED")  # a stage run must never be left RUNNING, even when MLflow itself fails
         raise
-    if closes_group:
+    if closes_group or run.ends_group:
         run.client.set_terminated(run.group_run_id, "FINISHED")
 
 
