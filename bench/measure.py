@@ -22,8 +22,10 @@ import psutil
 import torch
 import transformers
 from transformers import TrainerCallback
+from transformers.pytorch_utils import Conv1D
 
 from pipeline.training.freeze import FrozenLayout
+from pipeline.training.layout import ModelLayout
 
 GIB = 1024**3
 
@@ -156,9 +158,11 @@ class StepClock(TrainerCallback):
 
 
 def reference_gemms(config, tokens: int) -> list[tuple[int, int, int]]:
-    """GEMMs of the model's shapes at the project's micro-batch (the MLP's c_fc, the head), and on a GPU a large
-    square one too, the usual stand-in for its peak."""
-    shapes = [(tokens, config.n_embd, 4 * config.n_embd), (tokens, config.n_embd, config.vocab_size)]
+    """GEMMs of the model's shapes at the project's micro-batch (the MLP's input matrix, the head), and on a GPU a
+    large square one too, the usual stand-in for its peak."""
+    width = config.hidden_size  # GPT2Config maps it to n_embd
+    mlp_width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * width
+    shapes = [(tokens, width, mlp_width), (tokens, width, config.vocab_size)]
     return [*shapes, (8192, 8192, 8192)] if torch.cuda.is_available() else shapes
 
 
@@ -187,23 +191,38 @@ class FlopCount:
 
 
 FLOP_COUNTING = (
-    "FLOPs per token, matmuls only (biases, LayerNorm, softmax, GELU, the optimizer and embedding lookups are "
-    "left out): a block holds 12·d² matmul weights (c_attn 3d², attn proj d², c_fc 4d², mlp proj 4d²), the head "
-    "V·d; attention adds 4·T·d per block (QKᵀ and PV over the full T×T, as Chinchilla's appendix counts). Forward "
-    "= 2·(L·12d² + V·d) + L·4Td. Backward = 2·weights for the activation gradient of every matmul that backward "
-    "passes through, plus 2·weights for the weight gradient of every trainable one (+ 8Td per block passed). The "
-    "path comes from requires_grad: a trainable input embedding (tied head) sends backward through all L blocks; "
-    "otherwise it stops at the lowest trainable block. Pad tokens are counted: they cost the same. The project's "
-    "fused loss runs the head on T-1 of every T positions (the last predicts nothing), and is counted so. "
-    "GPT-2 small, 1 block, T=128, MFLOP/token: tied 252 + 348 = 600, untied 252 + 184 = 435, frozen "
-    "252 + 106 = 358."
+    "FLOPs per token, matmuls only (biases, norms, softmax, activations, rotary embeddings, the optimizer and "
+    "embedding lookups are left out): a block's matmul weights W are its linear layers' (GPT-2: c_attn 3d², attn "
+    "proj d², c_fc 4d², mlp proj 4d² = 12d²; Llama family: q, k, v, o, gate, up, down, k and v narrower under "
+    "grouped-query attention), the head's V·d; attention adds 4·T·a per block (QKᵀ and PV over the full T×T, as "
+    "Chinchilla's appendix counts; a = heads × head width). Forward = 2·(L·W + V·d) + L·4Ta. Backward = 2·weights "
+    "for the activation gradient of every matmul that backward passes through, plus 2·weights for the weight "
+    "gradient of every trainable one (+ 8Ta per block passed). The path comes from requires_grad: a trainable "
+    "input embedding (tied head) sends backward through all L blocks; otherwise it stops at the lowest trainable "
+    "block. Pad tokens are counted: they cost the same. The project's fused loss runs the head on T-1 of every T "
+    "positions (the last predicts nothing), and is counted so. GPT-2 small, 1 block, T=128, MFLOP/token: tied "
+    "252 + 348 = 600, untied 252 + 184 = 435, frozen 252 + 106 = 358."
 )
+
+
+def matmul_weights(module: torch.nn.Module) -> int:
+    """Weights of the matmuls `module` runs per token: every linear layer in it (GPT-2's Conv1D is one, transposed),
+    read from the loaded model, so grouped-query attention's narrower k and v count as they are."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear | Conv1D))
+
+
+def attention_width(config) -> int:
+    """Query heads x head width: the inner size of QKᵀ and PV (the hidden size, unless the config sets head_dim
+    apart, as Qwen3 may)."""
+    head_width = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_attention_heads * head_width
 
 
 def training_flops_per_token(
     model, seq_len: int, cached_prefix_blocks: int = 0, head_skips_last_position: bool = False
 ) -> FlopCount:
-    """Matmul FLOPs per token of one forward+backward of a GPT-2 LM under its current requires_grad flags.
+    """Matmul FLOPs per token of one forward+backward of a causal LM of any supported family
+    (pipeline/training/layout.py) under its current requires_grad flags.
 
     `cached_prefix_blocks`: leading blocks whose outputs a step reads from a cache (pipeline.training.prefix_cache)
     instead of computing; their forward is not counted (backward never reaches them when they are frozen).
@@ -211,23 +230,22 @@ def training_flops_per_token(
     (pipeline.training.linear_cross_entropy leaves out the last, which predicts nothing), so it is counted for
     (T-1)/T of the tokens.
     """
-    config, transformer = model.config, model.transformer
-    block_weights, head_weights = 12 * config.n_embd**2, config.vocab_size * config.n_embd
+    layout, frozen = ModelLayout.of(model), FrozenLayout.of(model)
+    block_weights = [matmul_weights(block) for block in layout.blocks]
+    head_weights = layout.head.weight.numel()
     if head_skips_last_position:
         head_weights = head_weights * (seq_len - 1) / seq_len
-    attention = 4 * seq_len * config.n_embd  # per block and token: QKᵀ 2·T·d + PV 2·T·d
-    layers = config.n_layer
-    block_trains = [any(p.requires_grad for p in block.parameters()) for block in transformer.h]
-    layout = FrozenLayout.of(model)
-    embedding_grad = layout.embedding_trains
+    attention = 4 * seq_len * attention_width(model.config)  # per block and token: QKᵀ 2·T·a + PV 2·T·a
+    block_trains = [any(p.requires_grad for p in block.parameters()) for block in layout.blocks]
     # Backward reaches down to the lowest thing that needs a gradient; a trainable embedding lies below every block.
-    lowest_reached = 0 if embedding_grad else layout.first_trainable_block
-    blocks_reached = layers - lowest_reached
-    head_needs_input_grad = embedding_grad or any(block_trains) or transformer.ln_f.weight.requires_grad
-    blocks_run = layers - cached_prefix_blocks
-    forward = 2 * (blocks_run * block_weights + head_weights) + blocks_run * attention
-    backward = 2 * head_weights * (int(model.lm_head.weight.requires_grad) + int(head_needs_input_grad))
-    backward += blocks_reached * (2 * block_weights + 2 * attention) + sum(block_trains) * 2 * block_weights
+    lowest_reached = 0 if frozen.embedding_trains else frozen.first_trainable_block
+    norm_trains = any(p.requires_grad for p in layout.final_norm.parameters())
+    head_needs_input_grad = frozen.embedding_trains or any(block_trains) or norm_trains
+    forward = 2 * (sum(block_weights[cached_prefix_blocks:]) + head_weights)
+    forward += (len(block_weights) - cached_prefix_blocks) * attention
+    backward = 2 * head_weights * (int(layout.head.weight.requires_grad) + int(head_needs_input_grad))
+    for weights, trains in zip(block_weights[lowest_reached:], block_trains[lowest_reached:], strict=True):
+        backward += 2 * weights + 2 * attention + (2 * weights if trains else 0)
     return FlopCount(float(forward), float(backward))
 
 

@@ -81,6 +81,22 @@ def tiny_model_dir(tmp_path_factory, offline_corpus) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, offline_corpus) -> Path:
+    """Folder of the offline profile's tiny Llama (pipeline/offline/tiny_model.py's TINY_LLAMA: untied, grouped-query
+    attention) with its tokenizer, at random weights: pretraining it would cost a minute of CI for nothing a test of
+    the pipeline's plumbing needs."""
+    from pipeline.offline.tiny_model import seeded_and_deterministic, tiny_model, train_tokenizer
+
+    tokenizer = train_tokenizer([offline_corpus["train"]])
+    with seeded_and_deterministic(0):
+        model = tiny_model("llama", tokenizer)
+    folder = tmp_path_factory.mktemp("offline") / "tiny-llama"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def offline_tasks(tmp_path_factory, offline_corpus) -> Path:
     """Folder of the offline lm-eval tasks (pipeline/offline/tasks.py): YAMLs naming their data by absolute path."""
     from pipeline.offline.tasks import write_tasks

@@ -37,6 +37,32 @@ def test_flop_count_follows_the_backward_path(tiny_config, head, trainable_block
     assert (flops.forward, flops.backward) == (TINY_FORWARD, backward)
 
 
+# The tiny Llama of tests/conftest.py (d=32, 2 blocks, 4 query heads of 8, 2 key/value heads, MLP 64, vocab 100,
+# untied) at T=16: q and o 32·32 each, k and v 32·16 each, gate, up and down 32·64 each: 9,216 matmul weights per
+# block; the head 100·32 = 3,200; attention 4·16·32 = 2,048 per block and token.
+LLAMA_BLOCK = 2 * 1_024 + 2 * 512 + 3 * 2_048
+LLAMA_FORWARD = 2 * (2 * LLAMA_BLOCK + 3_200) + 2 * 2_048  # 47,360
+LLAMA_BLOCK_PASSED = 2 * LLAMA_BLOCK + 2 * 2_048  # 22,528
+
+
+@pytest.mark.parametrize(
+    ("head", "backward"),
+    [
+        # the head's weight and input gradients; the (separate) input embedding trains, so both blocks are passed
+        ("tied", 2 * 3_200 * 2 + 2 * LLAMA_BLOCK_PASSED + 2 * LLAMA_BLOCK),  # 76,288
+        ("untied", 2 * 3_200 * 2 + LLAMA_BLOCK_PASSED + 2 * LLAMA_BLOCK),  # 53,760
+        ("frozen", 2 * 3_200 + LLAMA_BLOCK_PASSED + 2 * LLAMA_BLOCK),  # 47,360
+    ],
+)
+def test_flop_count_of_a_llama_reads_its_grouped_query_shapes(tiny_lm, head, backward):
+    model = tiny_lm("llama")
+    apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=False, head=head))
+    flops = measure.training_flops_per_token(model, seq_len=16)
+    assert (flops.forward, flops.backward) == (LLAMA_FORWARD, backward)
+    cached = measure.training_flops_per_token(model, seq_len=16, cached_prefix_blocks=1)
+    assert flops.forward - cached.forward == 2 * LLAMA_BLOCK + 2_048
+
+
 def test_flop_count_leaves_out_the_forward_of_a_cached_prefix(tiny_config):
     model = GPT2LMHeadModel(tiny_config)
     apply_freeze_policy(model, FreezeParams(trainable_blocks=1, train_ln_f=False, head="untied"))

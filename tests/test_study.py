@@ -84,7 +84,7 @@ def test_a_sweep_dvc_cannot_parse_is_refused_with_its_reason():
         refused.value)  # fmt: skip
 
 
-@pytest.mark.parametrize("path", ["studies/freezing.yaml", "studies/offline.yaml"])
+@pytest.mark.parametrize("path", ["studies/freezing.yaml", "studies/offline.yaml", "studies/offline-llama.yaml"])
 def test_shipped_grids_give_each_method_its_own_learning_rates(path):
     grid = load_grid(REPO / path)
     rates_by_method = {}
@@ -96,27 +96,54 @@ def test_shipped_grids_give_each_method_its_own_learning_rates(path):
     assert rates_by_method["freeze"].isdisjoint(rates_by_method["lora"])  # LoRA's own candidates, not freezing's
 
 
+def gpt2_block(config) -> int:
+    width = config.n_embd
+    return 12 * width**2 + 13 * width  # attention 4 d^2 + 4d, MLP 8 d^2 + 5d, two layer norms 4d
+
+
+def llama_block(config) -> int:
+    width, mlp = config.hidden_size, config.intermediate_size
+    key_value = width * config.num_key_value_heads // config.num_attention_heads  # grouped-query k and v: 32 wide
+    return 2 * width**2 + 2 * width * key_value + 3 * width * mlp + 2 * width  # q, o; k, v; gate, up, down; 2 norms
+
+
 @pytest.mark.parametrize(
     ("path", "config", "blocks"),
-    [("studies/offline.yaml", "tiny", (1, 2)), ("studies/freezing.yaml", "gpt2", (1, 2))],
-)
+    [("studies/offline.yaml", "tiny", (1, 2)), ("studies/freezing.yaml", "gpt2", (1, 2)),
+     ("studies/offline-llama.yaml", "tiny-llama", (1, 2))],
+)  # fmt: skip
 def test_shipped_lora_ranks_match_the_budgets_of_their_freezing_points(path, config, blocks):
     import re
 
-    from transformers import GPT2Config
+    from transformers import GPT2Config, LlamaConfig
 
-    from pipeline.offline.tiny_model import TINY_GPT2
+    from pipeline.offline.tiny_model import TINY_GPT2, TINY_LLAMA
     from pipeline.params import LORA_TARGETS
     from pipeline.training.lora import lora_params_per_rank, rank_for_budget
 
-    config = GPT2Config(**TINY_GPT2) if config == "tiny" else GPT2Config()
-    width = config.n_embd
-    block = 12 * width**2 + 13 * width  # attention 4 d^2 + 4d, MLP 8 d^2 + 5d, two layer norms 4d
+    configs = {"tiny": GPT2Config(**TINY_GPT2), "gpt2": GPT2Config(), "tiny-llama": LlamaConfig(**TINY_LLAMA)}
+    config = configs[config]
+    block = llama_block(config) if config.model_type == "llama" else gpt2_block(config)
     per_rank = lora_params_per_rank(config, list(LORA_TARGETS), None)
     (lora_sweep,) = [sweep for sweep in load_grid(REPO / path).sweeps if "finetune.method=lora" in sweep]
     (ranks,) = [line for line in lora_sweep if line.startswith("lora.rank=")]
     shipped = [int(rank) for rank in re.findall(r"\d+", ranks)]
     assert [rank_for_budget(count * block, per_rank) for count in blocks] == [r for r in shipped if r > 8]
+
+
+def test_the_llama_grid_states_its_budgets_as_the_tiny_llama_counts_them():
+    """The grid's comments give the frozen-head budgets; the train stage's own counting must agree."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.offline.tiny_model import TINY_LLAMA
+    from pipeline.params import FreezeParams
+    from pipeline.training.freeze import apply_freeze_policy, count_parameters
+
+    text = (REPO / "studies/offline-llama.yaml").read_text()
+    for blocks in (1, 2):
+        model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA, vocab_size=1024))
+        apply_freeze_policy(model, FreezeParams(trainable_blocks=blocks, train_ln_f=False, head="frozen"))
+        assert f"{count_parameters(model).trainable:,}" in text
 
 
 # --- every point checked before any is queued ---------------------------------------------------------------------
@@ -134,7 +161,11 @@ def project(git_repo, git, tmp_path):
 
 @pytest.mark.parametrize(
     ("path", "profile", "points"),
-    [("studies/freezing.yaml", None, 44), ("studies/offline.yaml", "profiles/offline.yaml", 8)],
+    [
+        ("studies/freezing.yaml", None, 44),
+        ("studies/offline.yaml", "profiles/offline.yaml", 8),
+        ("studies/offline-llama.yaml", "profiles/offline-llama.yaml", 8),
+    ],
 )
 def test_every_point_of_the_shipped_grids_passes_the_params_loader(project, git, path, profile, points):
     from pipeline.params import hydra_overrides, read_overrides
