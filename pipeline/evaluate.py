@@ -17,7 +17,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.activations import fuse_gelu_new
 from pipeline.data.corpus import read_splits
 from pipeline.data.files import flatten_metrics, read_json, write_json, write_text_atomic
 from pipeline.data.loading import load_config, load_model, load_tokenizer
@@ -40,10 +39,8 @@ PARAMS = {
 
 
 def evaluate(model, streams_dir: Path, params: Params) -> dict[str, dict[str, float]]:
-    """Scores of `model` on each eval split's whole token stream, under the evaluate.* protocol; its activation
-    becomes the one-kernel form the train stage trained it with (pipeline/activations.py)."""
+    """Scores of `model` on each eval split's whole token stream, under the evaluate.* protocol."""
     config = params.evaluate
-    fuse_gelu_new(model)
     results = {}
     for split, dataset in read_splits(streams_dir, EVAL_SPLITS).items():
         tokens = dataset.with_format("torch")["input_ids"]
