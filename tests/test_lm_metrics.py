@@ -112,3 +112,25 @@ def test_scoring_turns_dropout_off(tiny_config):
     model = GPT2LMHeadModel(config).train()
     stream = torch.randint(0, config.vocab_size, (70,), generator=torch.Generator().manual_seed(1))
     assert score_stream(model, stream, 16, 8, 2).loss == score_stream(model, stream, 16, 8, 2).loss
+
+
+def test_bf16_scoring_casts_each_weight_once_per_stream_whatever_the_batches(tiny_config):
+    """Autocast keeps its casts of parameters only within one region (and not under inference_mode), so scoring
+    opens one region for the whole stream: a block's weight is cast to bf16 once, not once per batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_config)
+    stream = torch.randint(0, tiny_config.vocab_size, (16 * 6 + 1,))
+    qkv_shape = [tiny_config.n_embd, 3 * tiny_config.n_embd]  # the shape of each block's c_attn weight, and no other
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+        scores = score_stream(model, stream, context=16, stride=16, batch_size=2, bf16=True)  # 3 batches
+    casts = [e for e in profiler.key_averages(group_by_input_shape=True) if e.key == "aten::_to_copy"]
+    assert sum(e.count for e in casts if e.input_shapes and e.input_shapes[0] == qkv_shape) == tiny_config.n_layer
+    # the same numbers as a region per batch: each batch's two disjoint windows scored as a stream of their own
+    parts = [score_stream(model, stream[32 * i : 32 * i + 33], 16, 16, batch_size=2, bf16=True) for i in range(3)]
+    assert (scores.loss_sum, scores.correct, scores.tokens) == (
+        parts[0].loss_sum + parts[1].loss_sum + parts[2].loss_sum,
+        sum(p.correct for p in parts),
+        16 * 6,
+    )

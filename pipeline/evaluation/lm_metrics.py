@@ -77,27 +77,28 @@ class TokenScores:
         return {"perplexity": self.perplexity, "accuracy": self.accuracy, "loss": self.loss, "tokens": self.tokens}
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode, under which autocast would recast every weight for every batch
 def score_stream(
     model: nn.Module, tokens: torch.Tensor, context: int, stride: int, batch_size: int, bf16: bool = False
 ) -> TokenScores:
     """Score a 1-D token stream window by window, `batch_size` windows per forward; the model is put in eval mode
     (no dropout). `model` is a transformers causal LM (`base_model` gives hidden states, the output embeddings the
-    head)."""
+    head). In bf16, one autocast region spans the stream, so each weight is cast once (autocast caches the casts of
+    parameters that require grad until its region ends), not once per batch: the same casts, fewer of them."""
     model.eval()
     device = next(model.parameters()).device
     body, head = model.base_model, model.get_output_embeddings()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     windows = list(plan_windows(len(tokens), context, stride))
     scores = TokenScores()
-    for first in tqdm(range(0, len(windows), batch_size), desc="scoring", unit="batch", leave=False):
-        batch = windows[first : first + batch_size]
-        inputs = torch.stack([tokens[w.start : w.start + w.length] for w in batch]).long().to(device)
-        following = torch.stack([tokens[w.start + 1 : w.start + w.length + 1] for w in batch]).long().to(device)
-        positions = torch.arange(inputs.shape[1], device=device)
-        scored = positions >= torch.tensor([w.length - w.scored for w in batch], device=device)[:, None]
-        targets = following[scored]
-        with autocast:
+    with autocast:
+        for first in tqdm(range(0, len(windows), batch_size), desc="scoring", unit="batch", leave=False):
+            batch = windows[first : first + batch_size]
+            inputs = torch.stack([tokens[w.start : w.start + w.length] for w in batch]).long().to(device)
+            following = torch.stack([tokens[w.start + 1 : w.start + w.length + 1] for w in batch]).long().to(device)
+            positions = torch.arange(inputs.shape[1], device=device)
+            scored = positions >= torch.tensor([w.length - w.scored for w in batch], device=device)[:, None]
+            targets = following[scored]
             hidden = body(input_ids=inputs, use_cache=False).last_hidden_state[scored]
             for row in range(0, len(hidden), HEAD_CHUNK_ROWS):
                 scores.update(head(hidden[row : row + HEAD_CHUNK_ROWS]), targets[row : row + HEAD_CHUNK_ROWS])

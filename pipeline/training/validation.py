@@ -3,7 +3,7 @@ stopping that keeps the best weights.
 
 The loss is the evaluate stage's streaming scorer (pipeline.evaluation.lm_metrics) on the first
 `train.eval_blocks` blocks of the tokenized validation split: a fixed subset, so every point of the curve scores
-the same tokens. Scoring runs in eval mode under inference_mode and draws no random numbers, so training computes
+the same tokens. Scoring runs in eval mode without gradients and draws no random numbers, so training computes
 the same steps with or without it. Each point goes into the `StepLog`, which travels inside every checkpoint, so a
 run resumed after a kill has the curve, the best step and the patience count of an unbroken one. With early
 stopping, the best weights so far (the trainable tensors only: the rest never change) are held in memory and
