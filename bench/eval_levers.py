@@ -13,6 +13,7 @@ took, against which its per-window gain is weighed.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,16 +50,11 @@ def models(compile_body: bool) -> dict[tuple[bool, bool], GPT2LMHeadModel]:
     """(fused GELU, compiled) -> the same random GPT-2 small, so every lever scores the same weights."""
     torch.manual_seed(0)
     plain = GPT2LMHeadModel(GPT2Config()).eval()
-    fused = GPT2LMHeadModel(plain.config).eval()
-    fused.load_state_dict(plain.state_dict())
-    for block in fused.transformer.h:
-        fuse_gelu_new(block)
+    fused = copy.deepcopy(plain)
+    fuse_gelu_new(fused)
     found = {(False, False): plain, (True, False): fused}
     if compile_body:
-        compiled = GPT2LMHeadModel(plain.config).eval()
-        compiled.load_state_dict(plain.state_dict())
-        for block in compiled.transformer.h:
-            fuse_gelu_new(block)
+        compiled = copy.deepcopy(fused)
         compiled.transformer = torch.compile(compiled.transformer)  # what score_stream runs as `base_model`
         found[(True, True)] = compiled
     return found

@@ -12,7 +12,6 @@ from pipeline.params.checks import model_config_issues, value_issues
 from pipeline.params.schema import (
     Params,
     ParamsError,
-    as_float,
     describe,
     matches,
     read_yaml,
@@ -65,8 +64,7 @@ def read_overrides(path: str | Path) -> dict[str, Any]:
             issues.append(f"{section}: not a section of params.yaml with keys under it")
             continue
         fields = typing.get_type_hints(section_types[section])
-        for key, value in values.items():
-            value = as_float(value, fields[key]) if key in fields else value
+        for key, value in with_floats(values, section_types[section]).items():
             if key not in fields:
                 issues.append(f"{section}.{key}: unknown key (known: {', '.join(fields)})")
             elif not matches(value, fields[key]):
