@@ -6,7 +6,8 @@ Real GPT-2-small shapes (`GPT2Config()`, random weights), the last block trainab
 autocast where supported and the Trainer's default optimizer (fused AdamW, clipping at 1.0): the train stage's
 step without the Trainer around it. The first variant is the model's own loss with dropout everywhere, sdpa
 attention and GPT-2's `gelu_new`; each later one adds one change of
-pipeline/training/trainee.py, pipeline/training/linear_cross_entropy.py or pipeline/training/trainer_setup.py.
+pipeline/training/trainee.py, pipeline/training/linear_cross_entropy.py, pipeline/training/trainer_setup.py or
+pipeline/training/weight_casts.py.
 The variants alternate in rounds inside one process, so machine noise hits them alike; each keeps its fastest round.
 """
 
@@ -40,16 +41,18 @@ class Variant:
     fused_gelu: bool
     padded_head: bool
     heap_reuse: bool
+    frozen_casts: bool
 
 
 VARIANTS = (
-    Variant("model's own loss, dropout everywhere, sdpa, gelu_new", False, True, "sdpa", False, False, False),
-    Variant("+ fused head and cross-entropy", True, True, "sdpa", False, False, False),
-    Variant("+ no dropout in frozen blocks", True, False, "sdpa", False, False, False),
-    Variant("+ eager attention", True, False, "eager", False, False, False),
-    Variant("+ one-kernel GELU", True, False, "eager", True, False, False),
-    Variant("+ trainable head padded to 64 rows", True, False, "eager", True, True, False),
-    Variant("+ malloc reuses freed memory (the train stage)", True, False, "eager", True, True, True),
+    Variant("model's own loss, dropout everywhere, sdpa, gelu_new", False, True, "sdpa", False, False, False, False),
+    Variant("+ fused head and cross-entropy", True, True, "sdpa", False, False, False, False),
+    Variant("+ no dropout in frozen blocks", True, False, "sdpa", False, False, False, False),
+    Variant("+ eager attention", True, False, "eager", False, False, False, False),
+    Variant("+ one-kernel GELU", True, False, "eager", True, False, False, False),
+    Variant("+ trainable head padded to 64 rows", True, False, "eager", True, True, False, False),
+    Variant("+ malloc reuses freed memory", True, False, "eager", True, True, True, False),
+    Variant("+ frozen weights cast to bf16 once (the train stage)", True, False, "eager", True, True, True, True),
 )
 
 
@@ -75,6 +78,7 @@ class Step:
         for block, activation in zip(self.model.transformer.h, activations, strict=True):
             block.mlp.act = activation
         self.trainee.vocab_multiple = VOCAB_MULTIPLE if variant.padded_head else 1
+        self.trainee.body_forward.enabled = variant.frozen_casts
         reuse_freed_memory(variant.heap_reuse)
         self.trainee.train()
         if variant.frozen_dropout:

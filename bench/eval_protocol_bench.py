@@ -6,8 +6,11 @@ head over every position (full logits) or only the scored ones (what the evaluat
 
 GPT-2 small shapes with random weights, on a random token stream of N tokens; each configuration runs in its own
 process, so its peak memory is its own. Throughput counts scored tokens (the split's tokens), whatever the
-windows feed. The loss column shows how far bf16 moves the number from fp32 on the same windows. With --model and
---text: that model's loss on that text under windows up to its n_positions, to choose a profile's protocol.
+windows feed. The loss column shows how far bf16 moves the number from fp32 on the same windows. bf16 runs use the
+one-kernel GELU, as the evaluate stage does in bf16. The FLOP rate counts the matmuls of every window fed (the
+blocks, attention over the full T×T as bench.measure counts it, the head at the scored positions only) against the
+MLP-shaped bf16 GEMM measured in the same run. With --model and --text: that model's loss on that text under
+windows up to its n_positions, to choose a profile's protocol.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from bench import measure
+from pipeline.activations import fuse_gelu_new
 from pipeline.data.blocks import tokenize_text
 from pipeline.evaluation.lm_metrics import TokenScores, plan_windows, score_stream
 from pipeline.params import EvaluateParams
@@ -53,6 +57,8 @@ def run_one(config: GPT2Config, tokens: torch.Tensor, context: int, stride: int,
     """Worker, in its own process: one protocol, precision and head placement, after an untimed warm-up window."""
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).to(measure.device())
+    if bf16:
+        fuse_gelu_new(model)  # as pipeline.evaluate does in bf16
     batch_size = EvaluateParams().batch_size
     scorer = score_stream if head == "scored positions" else score_full_logits
     scorer(model, tokens[: context + 1], context, stride, 1, bf16)
@@ -60,13 +66,14 @@ def run_one(config: GPT2Config, tokens: torch.Tensor, context: int, stride: int,
     started = time.perf_counter()
     scores = scorer(model, tokens, context, stride, batch_size, bf16)
     seconds = time.perf_counter() - started
-    fed = sum(w.length for w in plan_windows(len(tokens), context, stride))
+    windows = list(plan_windows(len(tokens), context, stride))
     return {
         "protocol": f"{context} / {stride}",
         "precision": "bf16" if bf16 else "fp32",
         "head": head,
         "scored": scores.tokens,
-        "fed": fed,
+        "fed": sum(w.length for w in windows),
+        "flops": sum(measure.window_flops(model, w.length, w.scored) for w in windows),
         "seconds": seconds,
         "loss": scores.loss,
         "peak_rss": measure.peak_rss_bytes(),
@@ -86,7 +93,8 @@ def run_benchmark(config: GPT2Config, n_tokens: int) -> list[dict]:
     return runs
 
 
-def format_report(runs: list[dict], n_tokens: int) -> str:
+def format_report(runs: list[dict], n_tokens: int, bf16_gemm: float) -> str:
+    """The table; `bf16_gemm`: the same run's MLP-shaped bf16 GEMM rate, FLOP/s."""
     fp32_loss = {(r["protocol"], r["head"]): r["loss"] for r in runs if r["precision"] == "fp32"}
     rows = [
         [
@@ -96,6 +104,8 @@ def format_report(runs: list[dict], n_tokens: int) -> str:
             f"{r['scored']:,}",
             f"{r['fed']:,}",
             f"{r['scored'] / r['seconds']:,.0f}",
+            f"{r['flops'] / r['seconds'] / 1e9:,.0f}",
+            f"{r['flops'] / r['seconds'] / bf16_gemm:.0%}",
             f"{r['loss']:.5f}",
             f"{r['loss'] - fp32_loss[(r['protocol'], r['head'])]:+.1e}",
             f"{r['peak_rss'] / measure.GIB:.2f}",
@@ -110,6 +120,8 @@ def format_report(runs: list[dict], n_tokens: int) -> str:
         "tokens scored",
         "tokens fed",
         "scored tokens/s",
+        "GFLOP/s",
+        "of bf16 GEMM",
         "loss",
         "loss - fp32 loss",
         "peak RSS GiB",
@@ -119,7 +131,7 @@ def format_report(runs: list[dict], n_tokens: int) -> str:
         [
             f"**Eval protocols**, GPT-2 small shapes (random weights), a random stream of {n_tokens:,} tokens, batch "
             f"{EvaluateParams().batch_size} windows, each run in its own process. Machine: "
-            f"{measure.machine_description()}.",
+            f"{measure.machine_description()}. Same-run bf16 GEMM (MLP shape): {bf16_gemm / 1e9:,.0f} GFLOP/s.",
             measure.markdown_table(headers, rows),
             "Random weights put the loss near ln(50,257) = 10.8; the bf16 column shows the rounding, not a model's "
             "sensitivity to it.",
@@ -162,7 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.model:
         print(protocol_losses(args.model, args.text))
         return
-    print(format_report(run_benchmark(GPT2Config(), args.tokens), args.tokens))
+    config = GPT2Config()
+    runs = run_benchmark(config, args.tokens)
+    mlp_shape = measure.reference_gemms(config, EvaluateParams().context)[0]
+    bf16_gemm = measure.best_gemm_rates([mlp_shape])[mlp_shape][torch.bfloat16]
+    print(format_report(runs, args.tokens, bf16_gemm))
 
 
 if __name__ == "__main__":

@@ -249,6 +249,15 @@ def training_flops_per_token(
     return FlopCount(float(forward), float(backward))
 
 
+def window_flops(model, fed: int, scored: int) -> float:
+    """Matmul FLOPs of one evaluation window, counted as `training_flops_per_token` counts a forward: every block
+    over the `fed` tokens (attention over the full T×T), the head over the `scored` ones only."""
+    layout = ModelLayout.of(model)
+    blocks = 2 * sum(matmul_weights(block) for block in layout.blocks)
+    attention = len(layout.blocks) * 4 * fed * attention_width(model.config)
+    return fed * (blocks + attention) + scored * 2 * layout.head.weight.numel()
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub table; every column after the first is right-aligned (they hold numbers)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]

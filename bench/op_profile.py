@@ -11,6 +11,11 @@ matrix multiplications (what the GEMM rate bounds) against everything around the
 dispatches to and whether the CPU has AMX (bench.measure.machine_description), so a profile from another machine
 reads beside this one. On a busy machine use `--threads 1`: with two threads, every parallel op waits whenever the
 other thread is descheduled, which inflates the many small ops far more than the GEMMs.
+
+Each profile ends with its ceiling: the call's matmul FLOPs (bench.measure's count) over all of its time and over
+its matmuls' time alone (the GEMMs and the attention kernel), each against the MLP-shaped bf16 GEMM measured in the same run (the train benchmark's "of
+bf16 GEMM" column). The second is what the call would reach if everything around its matmuls took no time: at the
+model's own shapes (K = 3,072 into 768 columns, the 50,257-column head) the GEMMs run below the MLP shape's rate.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from bench import measure
-from bench.ablation import VARIANTS, Step
-from pipeline.evaluation.lm_metrics import score_stream
+from bench.ablation import BATCH_SIZE, BLOCK_SIZE, VARIANTS, Step
+from pipeline.activations import fuse_gelu_new
+from pipeline.evaluation.lm_metrics import plan_windows, score_stream
 
 EVAL_CONTEXT, EVAL_STRIDE = 1024, 512
 """The evaluate stage's defaults (params.yaml `evaluate:`)."""
@@ -74,20 +80,36 @@ def grouped(times: dict[str, float]) -> dict[str, float]:
     return dict(sorted(groups.items(), key=lambda item: -item[1]))
 
 
-def train_step() -> Callable[[], None]:
-    """The train stage's default step (bench.ablation's last variant: every change on)."""
+def train_step() -> tuple[Callable[[], None], float]:
+    """The train stage's default step (bench.ablation's last variant: every change on), and its matmul FLOPs."""
     step = Step("tied", GPT2Config())
     variant = VARIANTS[-1]
     step.use(variant)
-    return lambda: step.seconds(variant)
+    flops = measure.training_flops_per_token(step.model, BLOCK_SIZE, head_skips_last_position=True).total
+    return lambda: step.seconds(variant), flops * BATCH_SIZE * BLOCK_SIZE
 
 
-def eval_window(bf16: bool) -> Callable[[], None]:
-    """Two windows of the evaluate stage at its defaults: 1,024 tokens fed, the second scoring 512 of them."""
+def eval_window(bf16: bool) -> tuple[Callable[[], None], float]:
+    """Two windows of the evaluate stage at its defaults (1,024 tokens fed, the second scoring 512 of them; in bf16
+    with the one-kernel GELU, as the stage runs it), and their matmul FLOPs."""
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config())
+    if bf16:
+        fuse_gelu_new(model)
     tokens = torch.randint(0, model.config.vocab_size, (EVAL_CONTEXT + EVAL_STRIDE + 1,))
-    return lambda: score_stream(model, tokens, EVAL_CONTEXT, EVAL_STRIDE, batch_size=2, bf16=bf16)
+    windows = plan_windows(len(tokens), EVAL_CONTEXT, EVAL_STRIDE)
+    flops = sum(measure.window_flops(model, window.length, window.scored) for window in windows)
+    return lambda: score_stream(model, tokens, EVAL_CONTEXT, EVAL_STRIDE, batch_size=2, bf16=bf16), flops
+
+
+def ceiling(times: dict[str, float], flops: float, bf16_gemm: float) -> str:
+    """The call's FLOP rate over all its time and over its matmuls' time alone, as shares of `bf16_gemm`."""
+    groups = grouped(times)
+    total = sum(times.values())
+    gemm = sum(groups.get(group, 0.0) for group, _ in OP_GROUPS[:2])  # the GEMMs and sdpa, whose FLOPs are counted
+    rates = [f"{flops / seconds / 1e9:,.0f} GFLOP/s ({flops / seconds / bf16_gemm:.0%})" for seconds in (total, gemm)]
+    return (f"{flops / 1e9:,.1f} GFLOP of matmuls per call: {rates[0]} over the whole call, {rates[1]} over its "
+            f"matmuls' time alone (of the same run's MLP-shaped bf16 GEMM, {bf16_gemm / 1e9:,.0f} GFLOP/s)")
 
 
 def format_profile(title: str, times: dict[str, float], top: int) -> str:
@@ -117,8 +139,11 @@ def main(argv: list[str] | None = None) -> None:
     profiles = [("Training step, defaults (tied head, 8 x 128, bf16 autocast)", train_step(), args.steps),
                 (f"Evaluation, {windows}, fp32", eval_window(False), args.windows),
                 (f"Evaluation, {windows}, bf16 autocast", eval_window(True), args.windows)]  # fmt: skip
-    for title, run, repeats in profiles:
-        print(format_profile(title, self_times(run, repeats), args.top), end="\n\n")
+    mlp_shape = measure.reference_gemms(GPT2Config(), BATCH_SIZE * BLOCK_SIZE)[0]
+    bf16_gemm = measure.best_gemm_rates([mlp_shape])[mlp_shape][torch.bfloat16]
+    for title, (run, flops), repeats in profiles:
+        times = self_times(run, repeats)
+        print(format_profile(title, times, args.top), ceiling(times, flops, bf16_gemm), sep="\n\n", end="\n\n")
 
 
 if __name__ == "__main__":

@@ -200,3 +200,17 @@ def test_rerun_determinism_runs_dvc_yamls_train_command_with_its_own_paths_and_h
     assert result_hash(tmp_path / "run") == first
     (tmp_path / "run" / "model" / "weights").write_bytes(b"b")
     assert result_hash(tmp_path / "run") != first
+
+
+def test_window_flops_count_blocks_over_fed_tokens_and_the_head_over_scored_ones(tiny_config):
+    model = GPT2LMHeadModel(tiny_config)  # d = 32, 2 blocks of 12 d² matmul weights, vocab 100
+    blocks, attention, head = 2 * 2 * 12 * 32**2, 2 * 4 * 16 * 32, 2 * 100 * 32
+    assert measure.window_flops(model, fed=16, scored=8) == 16 * (blocks + attention) + 8 * head
+
+
+def test_op_profile_ceiling_rates_the_call_and_its_matmuls_alone():
+    from bench import op_profile
+
+    times = {"aten::mm": 1.0, "aten::addmm": 1.0, "aten::gelu": 2.0}
+    line = op_profile.ceiling(times, flops=8e9, bf16_gemm=8e9)
+    assert "2 GFLOP/s (25%) over the whole call, 4 GFLOP/s (50%) over its matmuls' time alone" in line

@@ -134,3 +134,11 @@ def test_bf16_scoring_casts_each_weight_once_per_stream_whatever_the_batches(tin
         sum(p.correct for p in parts),
         16 * 6,
     )
+
+
+def test_accuracy_counts_a_tie_as_argmax_does_for_the_first_maximal_word_only():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 5.0]], dtype=torch.bfloat16)
+    for targets, correct in (([1, 0, 3], 3), ([2, 1, 3], 1)):
+        scores = TokenScores()
+        scores.update(logits, torch.tensor(targets))
+        assert scores.correct == correct == (logits.float().argmax(-1) == torch.tensor(targets)).sum().item()

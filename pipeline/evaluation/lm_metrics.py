@@ -58,7 +58,9 @@ class TokenScores:
         """Add scored predictions: logits (n, vocab) and the n tokens they predict."""
         logits = logits.float()
         self.loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        self.correct += (logits.argmax(dim=-1) == targets).sum().item()
+        # max(dim).indices is argmax, the first maximal index included, in about half argmax's time on a CPU
+        # (35 against 61 ms over 1,024 x 50,257 floats; docs/performance.md).
+        self.correct += (logits.max(dim=-1).indices == targets).sum().item()
         self.tokens += targets.numel()
 
     @property

@@ -23,7 +23,9 @@ import logging
 import os
 import socket
 from contextlib import nullcontext
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -35,6 +37,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from pipeline.training.freeze import FrozenLayout
 from pipeline.training.layout import ModelLayout
 from pipeline.training.trainee import Trainee
+from pipeline.training.weight_casts import FrozenWeightCasts
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,11 @@ def first_tail_module(layout: ModelLayout, prefix_blocks: int) -> nn.Module:
     return layout.blocks[prefix_blocks] if prefix_blocks < len(layout.blocks) else layout.final_norm
 
 
-def prefix_output(layout: ModelLayout, input_ids: torch.Tensor, prefix_blocks: int) -> torch.Tensor:
-    """The hidden states the model's own forward hands its first tail module for `input_ids`."""
+def prefix_output(
+    layout: ModelLayout, input_ids: torch.Tensor, prefix_blocks: int, body: Callable[..., Any] | None = None
+) -> torch.Tensor:
+    """The hidden states the model's own forward hands its first tail module for `input_ids`; `body` runs the
+    base model's forward (by default the module itself)."""
     seen = {}
 
     def stop(module, args, kwargs):
@@ -62,7 +68,7 @@ def prefix_output(layout: ModelLayout, input_ids: torch.Tensor, prefix_blocks: i
 
     handle = first_tail_module(layout, prefix_blocks).register_forward_pre_hook(stop, with_kwargs=True)
     try:
-        layout.body(input_ids=input_ids, use_cache=False)
+        (body or layout.body)(input_ids=input_ids, use_cache=False)
     except _Stop:
         pass
     finally:
@@ -117,11 +123,12 @@ def compute_prefix(
     was_training = model.training
     model.eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    body = FrozenWeightCasts(layout.body)  # the prefix's weights cast to bf16 once, not once per batch
     outputs = []
     for start in tqdm(range(0, len(input_ids), batch_size), desc="frozen prefix", unit="batch", leave=False):
         batch = input_ids[start : start + batch_size].to(device)
         with autocast:
-            outputs.append(prefix_output(layout, batch, prefix_blocks).float().cpu())
+            outputs.append(prefix_output(layout, batch, prefix_blocks, body).float().cpu())
     model.train(was_training)
     return torch.cat(outputs)
 

@@ -10,6 +10,8 @@ trains (the `tied` head).
 
 GPT-2's activation, `gelu_new` (five elementwise ops), runs as the same function in one kernel
 (pipeline/activations.py) wherever a block holds one; the config is left as it is, so the saved model is unchanged.
+Under autocast, the frozen matmul weights (the frozen blocks', a frozen head's) are cast once and reused, not at
+every step (pipeline/training/weight_casts.py).
 
 The module's state dict is the wrapped model's, key for key, so the Trainer's checkpoints load into the model's
 own class and back.
@@ -25,6 +27,7 @@ from pipeline.activations import fuse_gelu_new
 from pipeline.training.freeze import FrozenLayout
 from pipeline.training.layout import ModelLayout
 from pipeline.training.linear_cross_entropy import VOCAB_MULTIPLE, causal_lm_loss
+from pipeline.training.weight_casts import FrozenWeightCasts
 
 
 class Trainee(nn.Module):
@@ -44,7 +47,8 @@ class Trainee(nn.Module):
         self.frozen_prefix = list(self.parts.blocks[: self.layout.first_trainable_block])
         if self.layout.prefix_is_frozen and self.parts.embedding_dropout is not None:
             self.frozen_prefix.insert(0, self.parts.embedding_dropout)
-        self._head_cast: tuple[tuple, torch.Tensor] | None = None
+        self.body_forward = FrozenWeightCasts(self.parts.body)  # frozen matmul weights cast once
+        self._head_casts = FrozenWeightCasts(self.parts.head)
         self.vocab_multiple = VOCAB_MULTIPLE  # rows a trainable head is padded to (the ablation turns it off)
         for block in self.parts.blocks:
             fuse_gelu_new(block)
@@ -80,11 +84,7 @@ class Trainee(nn.Module):
         device_type = weight.device.type
         if weight.requires_grad or not torch.is_autocast_enabled(device_type):
             return weight
-        dtype = torch.get_autocast_dtype(device_type)
-        key = (dtype, weight.data_ptr(), weight._version)  # a load_state_dict or .to() since makes a new cast
-        if self._head_cast is None or self._head_cast[0] != key:
-            self._head_cast = (key, weight.detach().to(dtype))
-        return self._head_cast[1]
+        return self._head_casts.casts(torch.get_autocast_dtype(device_type))["weight"]
 
     def loss(self, last_hidden_states: torch.Tensor, labels: torch.Tensor, loss_kwargs: dict) -> CausalLMOutput:
         """Loss of the head on `last_hidden_states` (after the final norm). `loss_kwargs` carries the Trainer's
@@ -101,5 +101,5 @@ class WholeModelTrainee(Trainee):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, **loss_kwargs) -> CausalLMOutput:
         # The final norm applied; no key/value cache, which training never reads.
-        last_hidden_states = self.parts.body(input_ids=input_ids, use_cache=False).last_hidden_state
+        last_hidden_states = self.body_forward(input_ids=input_ids, use_cache=False).last_hidden_state
         return self.loss(last_hidden_states, labels, loss_kwargs)
