@@ -13,9 +13,10 @@ reads beside this one. On a busy machine use `--threads 1`: with two threads, ev
 other thread is descheduled, which inflates the many small ops far more than the GEMMs.
 
 Each profile ends with its ceiling: the call's matmul FLOPs (bench.measure's count) over all of its time and over
-its matmuls' time alone (the GEMMs and the attention kernel), each against the MLP-shaped bf16 GEMM measured in the same run (the train benchmark's "of
-bf16 GEMM" column). The second is what the call would reach if everything around its matmuls took no time: at the
-model's own shapes (K = 3,072 into 768 columns, the 50,257-column head) the GEMMs run below the MLP shape's rate.
+its matmuls' time alone (the GEMMs and the attention kernel), each against the MLP-shaped bf16 GEMM measured in the
+same run (the train benchmark's "of bf16 GEMM" column). The second is what the call would reach if everything
+around its matmuls took no time: at the model's own shapes (K = 3,072 into 768 columns, the 50,257-column head)
+the GEMMs run below the MLP shape's rate.
 """
 
 from __future__ import annotations
@@ -108,8 +109,10 @@ def ceiling(times: dict[str, float], flops: float, bf16_gemm: float) -> str:
     total = sum(times.values())
     gemm = sum(groups.get(group, 0.0) for group, _ in OP_GROUPS[:2])  # the GEMMs and sdpa, whose FLOPs are counted
     rates = [f"{flops / seconds / 1e9:,.0f} GFLOP/s ({flops / seconds / bf16_gemm:.0%})" for seconds in (total, gemm)]
-    return (f"{flops / 1e9:,.1f} GFLOP of matmuls per call: {rates[0]} over the whole call, {rates[1]} over its "
-            f"matmuls' time alone (of the same run's MLP-shaped bf16 GEMM, {bf16_gemm / 1e9:,.0f} GFLOP/s)")
+    return (
+        f"{flops / 1e9:,.1f} GFLOP of matmuls per call: {rates[0]} over the whole call, {rates[1]} over its "
+        f"matmuls' time alone (of the same run's MLP-shaped bf16 GEMM, {bf16_gemm / 1e9:,.0f} GFLOP/s)"
+    )
 
 
 def format_profile(title: str, times: dict[str, float], top: int) -> str:

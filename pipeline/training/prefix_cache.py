@@ -22,8 +22,8 @@ import hashlib
 import logging
 import os
 import socket
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
