@@ -176,9 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     config = GPT2Config()
     runs = run_benchmark(config, args.tokens)
-    mlp_shape = measure.reference_gemms(config, EvaluateParams().context)[0]
-    bf16_gemm = measure.best_gemm_rates([mlp_shape])[mlp_shape][torch.bfloat16]
-    print(format_report(runs, args.tokens, bf16_gemm))
+    print(format_report(runs, args.tokens, measure.mlp_bf16_gemm_rate(config, EvaluateParams().context)))
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ import psutil
 import torch
 import transformers
 from transformers import TrainerCallback
-from transformers.pytorch_utils import Conv1D
 
 from pipeline.training.freeze import FrozenLayout
 from pipeline.training.layout import ModelLayout
+from pipeline.training.weight_casts import MATMUL_MODULES
 
 GIB = 1024**3
 
@@ -166,6 +166,11 @@ def reference_gemms(config, tokens: int) -> list[tuple[int, int, int]]:
     return [*shapes, (8192, 8192, 8192)] if torch.cuda.is_available() else shapes
 
 
+def mlp_bf16_gemm_rate(config, tokens: int) -> float:
+    """bf16 FLOP/s of the MLP-shaped GEMM at `tokens` rows: the reference the "of bf16 GEMM" figures divide by."""
+    return gemm_rate(*reference_gemms(config, tokens)[0], torch.bfloat16)
+
+
 def best_gemm_rates(shapes, best: dict | None = None) -> dict[tuple[int, int, int], dict[torch.dtype, float]]:
     """fp32 and bf16 FLOP/s of each GEMM shape, each the better of this measurement and `best` (earlier rounds)."""
     best = best or {}
@@ -208,7 +213,7 @@ FLOP_COUNTING = (
 def matmul_weights(module: torch.nn.Module) -> int:
     """Weights of the matmuls `module` runs per token: every linear layer in it (GPT-2's Conv1D is one, transposed),
     read from the loaded model, so grouped-query attention's narrower k and v count as they are."""
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear | Conv1D))
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, MATMUL_MODULES))
 
 
 def attention_width(config) -> int:

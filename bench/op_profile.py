@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     profiles = [("Training step, defaults (tied head, 8 x 128, bf16 autocast)", train_step(), args.steps),
                 (f"Evaluation, {windows}, fp32", eval_window(False), args.windows),
                 (f"Evaluation, {windows}, bf16 autocast", eval_window(True), args.windows)]  # fmt: skip
-    mlp_shape = measure.reference_gemms(GPT2Config(), BATCH_SIZE * BLOCK_SIZE)[0]
-    bf16_gemm = measure.best_gemm_rates([mlp_shape])[mlp_shape][torch.bfloat16]
+    bf16_gemm = measure.mlp_bf16_gemm_rate(GPT2Config(), BATCH_SIZE * BLOCK_SIZE)
     for title, (run, flops), repeats in profiles:
         times = self_times(run, repeats)
         print(format_profile(title, times, args.top), ceiling(times, flops, bf16_gemm), sep="\n\n", end="\n\n")

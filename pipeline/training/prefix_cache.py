@@ -56,10 +56,10 @@ def first_tail_module(layout: ModelLayout, prefix_blocks: int) -> nn.Module:
 
 
 def prefix_output(
-    layout: ModelLayout, input_ids: torch.Tensor, prefix_blocks: int, body: Callable[..., Any] | None = None
+    layout: ModelLayout, input_ids: torch.Tensor, prefix_blocks: int, body: Callable[..., Any]
 ) -> torch.Tensor:
     """The hidden states the model's own forward hands its first tail module for `input_ids`; `body` runs the
-    base model's forward (by default the module itself)."""
+    base model's forward (`layout.body`, or it through FrozenWeightCasts)."""
     seen = {}
 
     def stop(module, args, kwargs):
@@ -68,7 +68,7 @@ def prefix_output(
 
     handle = first_tail_module(layout, prefix_blocks).register_forward_pre_hook(stop, with_kwargs=True)
     try:
-        (body or layout.body)(input_ids=input_ids, use_cache=False)
+        body(input_ids=input_ids, use_cache=False)
     except _Stop:
         pass
     finally:

@@ -52,9 +52,8 @@ class FrozenWeightCasts:
     def __call__(self, **kwargs: Any) -> Any:
         """`root(**kwargs)`, its frozen matmul weights taken from the casts when autocast is on."""
         device_type = next(iter(self.parameters.values())).device.type if self.parameters else "cpu"
-        if not (self.enabled and self.parameters and torch.is_autocast_enabled(device_type)):
-            return self.root(**kwargs)
-        casts = self.casts(torch.get_autocast_dtype(device_type))
-        if not casts:
+        autocast = self.enabled and torch.is_autocast_enabled(device_type)
+        casts = self.casts(torch.get_autocast_dtype(device_type)) if autocast else {}
+        if not casts:  # autocast off, or nothing frozen
             return self.root(**kwargs)
         return torch.func.functional_call(self.root, casts, args=(), kwargs=kwargs, tie_weights=False, strict=False)
